@@ -1,0 +1,13 @@
+"""A TLS-terminating HTTP and WebSocket reverse proxy as an ASGI application.
+
+Public surface::
+
+    from gateway import create_app, load_settings, ReverseProxy, Settings
+"""
+
+from gateway.app import create_app
+from gateway.proxy.http import ReverseProxy
+from gateway.settings import ConfigError, Settings, load_settings
+
+__all__ = ["ConfigError", "ReverseProxy", "Settings", "create_app", "load_settings"]
+__version__ = "0.1.0"

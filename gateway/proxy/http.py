@@ -1,0 +1,326 @@
+"""ReverseProxy: an ASGI app that forwards each HTTP exchange to one backend over httpx.
+
+Bodies stream both ways with bounded memory; headers follow the rules in
+``forwarding``; backend failures become 502/504 with a short body, in one place
+(``error_status``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.proxy.forwarding import (
+    ForwardingOptions,
+    request_headers,
+    response_headers,
+    strip_root_path,
+)
+
+__all__ = ["DEFAULT_TIMEOUT", "ReverseProxy", "error_status"]
+
+logger = logging.getLogger("gateway.proxy")
+
+# nginx's proxy_connect_timeout / proxy_read_timeout / proxy_send_timeout.
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
+
+REASONS = {
+    400: b"Bad Request",
+    413: b"Content Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class RequestBodyTooLarge(Exception):
+    """The client sent more than the configured body limit."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its request body was being read."""
+
+
+def error_status(exc: Exception) -> int:
+    """The status a client gets for a failure talking to the backend."""
+    if isinstance(exc, httpx.PoolTimeout):
+        return 503
+    if isinstance(exc, httpx.TimeoutException):
+        return 504
+    return 502
+
+
+def default_transport(timeout: httpx.Timeout) -> httpx.AsyncBaseTransport:
+    """The transport used when none is given: the gateway's lean HTTP/1.1 client."""
+    return httpx.AsyncHTTPTransport(retries=0)
+
+
+class ReverseProxy:
+    """Forward HTTP requests to ``upstream`` (``http[s]://host[:port][/base]``).
+
+    Usable on its own (``uvicorn module:proxy``) or mounted under a prefix in any
+    ASGI app: the mount prefix (``root_path``) is removed before forwarding.  It
+    needs no lifespan events: the transport is created on first use and closed by
+    ``aclose()``.
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        forwarding: ForwardingOptions | None = None,
+        max_body_bytes: int | None = None,
+        rewrite_location: bool = True,
+    ) -> None:
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream {upstream!r} must be an absolute http(s) URL")
+        self.upstream = upstream.rstrip("/")
+        self._base_path = parts.path.rstrip("/").encode("utf-8")
+        self._upstream_host = parts.netloc.encode("idna")
+        self._origin_url = httpx.URL(f"{parts.scheme}://{parts.netloc}/")
+        self._transport = transport
+        self._owns_transport = transport is None
+        self.timeout = timeout
+        self._timeout_ext = timeout.as_dict()
+        self.forwarding = forwarding if forwarding is not None else ForwardingOptions()
+        self.max_body_bytes = max_body_bytes
+        self.rewrite_location = rewrite_location
+
+    def __repr__(self) -> str:
+        return f"ReverseProxy({self.upstream!r})"
+
+    @property
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """The transport to the backend, created on first use."""
+        if self._transport is None:
+            self._transport = default_transport(self.timeout)
+        return self._transport
+
+    async def aclose(self) -> None:
+        """Close the transport if this proxy created it."""
+        if self._transport is not None and self._owns_transport:
+            await self._transport.aclose()
+            self._transport = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._forward(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            # Only the WebSocket bridge may answer an upgrade; refuse it here.
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _build_request(self, scope: Scope, receive: Receive) -> httpx.Request:
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        target = self._base_path + strip_root_path(raw_path, scope.get("root_path", ""))
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        client = scope.get("client")
+        scheme = "https" if scope["scheme"] in ("https", "wss") else "http"
+        headers = request_headers(
+            scope["headers"],
+            peer=client[0] if client else None,
+            scheme=scheme,
+            upstream_host=self._upstream_host,
+            options=self.forwarding,
+        )
+        stream: httpx.AsyncByteStream | httpx.ByteStream
+        framing = _body_framing(scope["headers"])
+        if framing is None:
+            stream = httpx.ByteStream(b"")
+        else:
+            stream = _RequestBody(receive, self.max_body_bytes)
+            if framing == b"chunked":
+                # Transfer-Encoding is hop-by-hop: this leg frames the body itself.
+                headers.append((b"transfer-encoding", b"chunked"))
+        return httpx.Request(
+            scope["method"],
+            self._origin_url,
+            headers=headers,
+            stream=stream,
+            # httpx normalises dot segments in URLs; "target" keeps the path exact.
+            extensions={"timeout": self._timeout_ext, "target": target},
+        )
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.max_body_bytes is not None and _declared_length(scope) > self.max_body_bytes:
+            await _send_error(send, 413)
+            return
+        request = self._build_request(scope, receive)
+        try:
+            response = await self.transport.handle_async_request(request)
+        except RequestBodyTooLarge:
+            await _send_error(send, 413)
+            return
+        except ClientDisconnected:
+            return
+        except httpx.HTTPError as exc:
+            status = error_status(exc)
+            logger.warning(
+                "%s %s -> %s failed: %s: %s",
+                scope["method"],
+                scope["path"],
+                self.upstream,
+                type(exc).__name__,
+                exc,
+            )
+            await _send_error(send, status)
+            return
+        try:
+            await self._respond(scope, receive, send, response)
+        finally:
+            await response.aclose()
+
+    async def _respond(
+        self, scope: Scope, receive: Receive, send: Send, response: httpx.Response
+    ) -> None:
+        public_base = None
+        if self.rewrite_location:
+            public_base = _public_base(scope)
+        headers = response_headers(
+            response.headers.raw,
+            upstream_base=self.upstream if public_base is not None else None,
+            public_base=public_base,
+            via=self.forwarding.via,
+        )
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        chunks = aiter(stream)
+        try:
+            # Most responses fit in one chunk: send it without watching for disconnects.
+            first = await anext(chunks, None)
+            if first is None:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            await _stream_rest(chunks, receive, send)
+        except httpx.HTTPError as exc:
+            # The status is already sent: the only honest signal left is to cut the
+            # connection, which uvicorn does when the app returns with the body incomplete.
+            logger.warning(
+                "%s %s <- %s response body failed: %s: %s",
+                scope["method"],
+                scope["path"],
+                self.upstream,
+                type(exc).__name__,
+                exc,
+            )
+
+
+async def _stream_rest(chunks: AsyncIterator[bytes], receive: Receive, send: Send) -> None:
+    """Stream the rest of a large body, stopping when the client goes away."""
+    task = asyncio.current_task()
+    assert task is not None
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not gone.is_set():
+            raise
+        task.uncancel()
+    finally:
+        watcher.cancel()
+        try:
+            await watcher
+        except asyncio.CancelledError:
+            pass
+
+
+def _declared_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _body_framing(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """``b"length"``, ``b"chunked"``, or None for a request without a body."""
+    framing = None
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return b"chunked"
+        if name == b"content-length" and value.strip() != b"0":
+            framing = b"length"
+    return framing
+
+
+def _public_base(scope: Scope) -> str | None:
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    if host is None:
+        return None
+    scheme = "https" if scope["scheme"] in ("https", "wss") else "http"
+    return f"{scheme}://{host.decode('latin-1')}{scope.get('root_path', '')}"
+
+
+class _RequestBody(httpx.AsyncByteStream):
+    """The client's request body as an async byte stream, read on demand."""
+
+    def __init__(self, receive: Receive, limit: int | None) -> None:
+        self._receive = receive
+        self._limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        received = 0
+        more = True
+        while more:
+            message: Message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnected
+            body: bytes = message.get("body", b"")
+            more = message.get("more_body", False)
+            received += len(body)
+            if self._limit is not None and received > self._limit:
+                raise RequestBodyTooLarge
+            if body:
+                yield body
+
+
+async def _send_error(send: Send, status: int) -> None:
+    body = b"%d %s\n" % (status, REASONS.get(status, b"Error"))
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"date", formatdate(usegmt=True).encode()),
+    ]
+    if status == 503:
+        headers.append((b"retry-after", b"5"))
+    message: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": headers}
+    await send(message)
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,170 @@
+"""TLS: server SSL context (TLS 1.2+), development certificates, HTTP->HTTPS redirect app."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from starlette.types import Receive, Scope, Send
+
+__all__ = [
+    "DEV_CERT_NAMES",
+    "CertificatePair",
+    "RedirectToHttps",
+    "dev_certificate",
+    "harden",
+    "https_url",
+    "server_context",
+    "write_self_signed",
+]
+
+DEV_CERT_NAMES = ("localhost", "127.0.0.1", "::1")
+DEV_CERT_DAYS = 365
+
+
+@dataclass(frozen=True, slots=True)
+class CertificatePair:
+    """A certificate chain file and its private key file (PEM)."""
+
+    certfile: Path
+    keyfile: Path
+
+
+def harden(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Refuse anything older than TLS 1.2 and offer http/1.1 over ALPN."""
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def server_context(pair: CertificatePair) -> ssl.SSLContext:
+    """A server SSL context for ``pair`` with TLS 1.2 as the minimum."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pair.certfile, pair.keyfile)
+    return harden(context)
+
+
+def write_self_signed(
+    folder: Path, names: tuple[str, ...] = DEV_CERT_NAMES, days: int = DEV_CERT_DAYS
+) -> CertificatePair:
+    """Write a self-signed certificate for ``names`` (hosts and IPs) and its key into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    alt_names: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt_names.append(x509.DNSName(name))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pair = CertificatePair(folder / "cert.pem", folder / "key.pem")
+    pair.certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(pair.keyfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(key_pem)
+    return pair
+
+
+def dev_certificate(folder: Path) -> tuple[CertificatePair, bool]:
+    """The development certificate in ``folder``, made if missing or expiring; (pair, made)."""
+    pair = CertificatePair(folder / "cert.pem", folder / "key.pem")
+    if pair.certfile.is_file() and pair.keyfile.is_file():
+        try:
+            cert = x509.load_pem_x509_certificate(pair.certfile.read_bytes())
+            remaining = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+            if remaining > datetime.timedelta(days=7):
+                return pair, False
+        except ValueError:
+            pass
+    return write_self_signed(folder), True
+
+
+def https_url(host_header: str, https_port: int, target: str) -> str:
+    """The https URL for a request that arrived over plain HTTP."""
+    host = host_header
+    if host.startswith("["):  # [::1]:8080
+        host = host[: host.index("]") + 1]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    port = "" if https_port == 443 else f":{https_port}"
+    return f"https://{host}{port}{target}"
+
+
+class RedirectToHttps:
+    """ASGI app for the plain-HTTP listener: 308 to https; ``ws://`` is refused with advice."""
+
+    def __init__(self, https_port: int, default_host: str = "localhost") -> None:
+        self.https_port = https_port
+        self.default_host = default_host
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return
+        host = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), self.default_host
+        )
+        target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        if scope["query_string"]:
+            target += "?" + scope["query_string"].decode("latin-1")
+        url = https_url(host, self.https_port, target)
+        if scope["type"] == "http":
+            body = f"Moved to {url}\n".encode()
+            headers = [
+                (b"location", url.encode("latin-1")),
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": 308, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        # A ws:// handshake on the plain port: the page must use wss:// (the classic mistake).
+        wss = "wss://" + url.removeprefix("https://")
+        message = (
+            f"This WebSocket endpoint requires TLS: connect to {wss} instead of ws://. "
+            "A page served over https must open wss:// URLs "
+            "(derive the scheme from location.protocol).\n"
+        ).encode()
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 426,
+                    "headers": [
+                        # RFC 2817: 426 names the protocol to switch to.
+                        (b"upgrade", b"TLS/1.2, HTTP/1.1"),
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(message)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": message})
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": "use wss://"})
