@@ -73,14 +73,17 @@ class ListenSettings(_Section):
     # The port clients use for https in redirects, when a load balancer maps ports.
     public_port: int | None = Field(None, ge=1, le=65535)
 
+    @field_validator("certfile", "keyfile")
+    @classmethod
+    def _check_file(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{str(path)!r} does not exist or is not a file")
+        return path
+
     @model_validator(mode="after")
     def _check_tls_files(self) -> ListenSettings:
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile must be given together")
-        for name in ("certfile", "keyfile"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name} {str(path)!r} does not exist or is not a file")
         if self.redirect_port is not None and not self.tls:
             raise ValueError("redirect_port needs tls = true (it redirects to https)")
         return self
@@ -115,7 +118,9 @@ def check_upstream_url(url: str) -> None:
     """Raise ValueError unless ``url`` is an absolute http(s) URL without query or fragment."""
     parts = urlsplit(url)
     if parts.scheme not in UPSTREAM_SCHEMES:
-        raise ValueError(f"upstream {url!r}: unsupported scheme {parts.scheme!r} (use http or https)")
+        raise ValueError(
+            f"upstream {url!r}: unsupported scheme {parts.scheme!r} (use http or https)"
+        )
     if not parts.hostname:
         raise ValueError(f"upstream {url!r}: no host")
     if parts.query or parts.fragment:

@@ -142,7 +142,9 @@ class Backend:
         }
         self.requests.append(record)
         if path.startswith("/bytes/") or path.startswith("/chunked/"):
-            await _send_bytes(send, int(path.rsplit("/", 1)[1]), chunked=path.startswith("/chunked/"))
+            await _send_bytes(
+                send, int(path.rsplit("/", 1)[1]), chunked=path.startswith("/chunked/")
+            )
             return
         if path.startswith("/slow/"):
             await asyncio.sleep(float(path.rsplit("/", 1)[1]))

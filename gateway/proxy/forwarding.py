@@ -228,7 +228,7 @@ def rewrite_location(value: bytes, upstream_base: str, public_base: str) -> byte
 
 
 def _split_refresh(text: str) -> tuple[str, str, str]:
-    """Split ``5; url=http://x/`` into (``5; ``, ``url=``, ``http://x/``); a plain URL has no prefix."""
+    """Split ``5; url=http://x/`` into ``5; ``, ``url=``, ``http://x/``; a URL has no prefix."""
     lower = text.lower()
     index = lower.find("url=")
     if index == -1 or ";" not in text[:index]:

@@ -8,6 +8,7 @@ Bodies stream both ways with bounded memory; headers follow the rules in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from email.utils import formatdate
@@ -254,10 +255,8 @@ async def _stream_rest(chunks: AsyncIterator[bytes], receive: Receive, send: Sen
         task.uncancel()
     finally:
         watcher.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        except asyncio.CancelledError:
-            pass
 
 
 def _declared_length(scope: Scope) -> int:

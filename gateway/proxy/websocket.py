@@ -1,0 +1,525 @@
+"""WebSocketProxy: end the client's WebSocket at the gateway, open a second one to the backend.
+
+The two legs are independent WebSocket connections: subprotocols offered by the client
+are offered to the backend and its choice is accepted to the client (none offered ->
+none sent); extensions (permessage-deflate) are negotiated per leg; messages are relayed
+whole, text as text and binary as binary.  The rules (headers, request target, close
+codes, error mapping) are pure functions in ``websocket_rules``; this module does I/O.
+
+Session ends decided here, on top of the close-code table in ``websocket_rules``:
+
+- no message either way for ``idle_timeout_s``: 1001 "idle timeout" on both legs;
+- ``shutdown()`` or the task cancelled: 1001 "server shutdown" on both legs.  uvicorn's
+  own shutdown closes the client leg with 1012 before the app can act, and the bridge
+  relays that 1012 to the backend; call ``shutdown()`` first for a 1001 (with grace).
+
+Limits: run the server with ``ws_max_size=wire_max_size(max_message_bytes)`` so the
+client leg refuses what the backend leg would (the bridge enforces the exact message
+limit on both legs; the margin is for permessage-deflate frames), and
+with ``ws_ping_interval``/``ws_ping_timeout`` for pings on the client leg (the backend
+leg pings with ``ping_interval_s``).  At most one message per direction is in flight:
+the next message is read only after the previous one was written, and both legs stop
+reading when their peer does not (uvicorn pauses the client socket, websockets buffers
+``max_queue`` frames), so a slow reader slows the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.types import Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.datastructures import Headers as WsHeaders
+from websockets.datastructures import HeadersLike
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import USER_AGENT, Request
+from websockets.typing import Subprotocol
+
+from gateway.proxy.forwarding import ForwardingOptions
+from gateway.proxy.websocket_rules import (
+    TEXT_PLAIN,
+    BackendFailure,
+    accept_headers,
+    backend_target,
+    gateway_error,
+    handshake_headers,
+    is_websocket_upgrade,
+    map_backend_error,
+    relay_client_close,
+    utf8_size,
+    wire_max_size,
+)
+
+__all__ = ["WebSocketProxy", "is_websocket_upgrade", "wire_max_size"]
+
+logger = logging.getLogger("gateway.websocket")
+
+
+class _BackendConnection(ClientConnection):
+    """A websockets client connection that sends the client's request-target and Host.
+
+    websockets derives both from the URI; urlparse would drop ``;params`` and
+    re-encode the path, and a reverse proxy keeps the client's Host by default.
+    """
+
+    request_target = "/"
+    host_header: str | None = None
+
+    async def handshake(
+        self,
+        additional_headers: HeadersLike | None = None,
+        user_agent_header: str | None = USER_AGENT,
+    ) -> None:
+        build_request = self.protocol.connect
+
+        def client_request() -> Request:
+            request = build_request()
+            request.path = self.request_target
+            if self.host_header is not None:
+                host = self.host_header
+                request.headers = WsHeaders(
+                    (name, host if name.lower() == "host" else value)
+                    for name, value in request.headers.raw_items()
+                )
+            return request
+
+        # ClientProtocol.connect() is the documented place to edit the request.
+        self.protocol.connect = client_request  # type: ignore[method-assign]
+        await super().handshake(additional_headers, user_agent_header)
+
+
+class _BackendConnect(connect):
+    """websockets ``connect`` for a reverse proxy: no redirects followed, exact request."""
+
+    def __init__(
+        self, uri: str, *, request_target: str, host_header: str | None, **kwargs: Any
+    ) -> None:
+        super().__init__(uri, create_connection=_BackendConnection, **kwargs)
+        self.request_target = request_target
+        self.host_header = host_header
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        # A redirect is the backend's answer for the client, passed on like a refusal.
+        return exc
+
+    async def open_tcp_connection(self) -> ClientConnection:
+        connection = await super().open_tcp_connection()
+        if isinstance(connection, _BackendConnection):
+            connection.request_target = self.request_target
+            connection.host_header = self.host_header
+        return connection
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """Why a session ends: the close frames still to send (None: that leg is closed)."""
+
+    to_client: tuple[int, str] | None
+    to_backend: tuple[int, str] | None
+
+    @classmethod
+    def both(cls, code: int, reason: str) -> _Ending:
+        return cls((code, reason), (code, reason))
+
+
+class WebSocketProxy:
+    """Bridge WebSocket sessions to ``upstream`` (``ws[s]://`` or ``http[s]://host[:port][/base]``).
+
+    A plain ASGI app: usable on its own or mounted under a prefix, which is removed
+    from the path (``root_path``) before the backend URL is built.  See the module
+    docstring for the close-code mapping and the limits the server must share.
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        forwarding: ForwardingOptions | None = None,
+        backend_compression: bool = False,
+        backend_ssl: ssl.SSLContext | None = None,
+        # Timeouts
+        open_timeout_s: float = 5.0,
+        idle_timeout_s: float = 86400.0,
+        ping_interval_s: float | None = 20.0,
+        ping_timeout_s: float | None = 20.0,
+        close_timeout_s: float = 10.0,
+        # Limits
+        max_message_bytes: int = 1024 * 1024,
+        max_queue: int = 16,
+    ) -> None:
+        parts = urlsplit(upstream)
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        if scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(
+                f"upstream {upstream!r} must be an absolute ws(s):// or http(s):// URL"
+            )
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError(f"upstream {upstream!r} must not have credentials, query or fragment")
+        for key, value in (
+            ("open_timeout_s", open_timeout_s),
+            ("idle_timeout_s", idle_timeout_s),
+            ("close_timeout_s", close_timeout_s),
+            ("ping_interval_s", ping_interval_s),
+            ("ping_timeout_s", ping_timeout_s),
+        ):
+            if value is not None and value <= 0:
+                raise ValueError(f"{key} must be > 0, got {value!r}")
+        if max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be >= 1, got {max_message_bytes!r}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue!r}")
+        self.upstream = upstream.rstrip("/")
+        self._backend_uri = f"{scheme}://{parts.netloc}/"
+        self._base_path = parts.path.rstrip("/").encode("utf-8")
+        self._upstream_host = parts.netloc.encode("idna")
+        self.forwarding = forwarding if forwarding is not None else ForwardingOptions()
+        self.backend_compression = backend_compression
+        self.backend_ssl = backend_ssl
+        self.open_timeout_s = open_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s
+        self.close_timeout_s = close_timeout_s
+        self.max_message_bytes = max_message_bytes
+        self.max_queue = max_queue
+        self._sessions: set[_Session] = set()
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"WebSocketProxy({self.upstream!r})"
+
+    @property
+    def active_sessions(self) -> int:
+        """Number of sessions currently bridged or opening."""
+        return len(self._sessions)
+
+    async def shutdown(
+        self,
+        *,
+        grace_s: float = 0.0,
+        code: int = CloseCode.GOING_AWAY,
+        reason: str = "server shutdown",
+    ) -> None:
+        """Refuse new sessions (503), let open ones run up to ``grace_s``, then close them.
+
+        Call it before the server closes connections itself (uvicorn closes the
+        client leg with 1012 on its own shutdown).
+        """
+        self._closing = True
+        if self._sessions and grace_s > 0:
+            await asyncio.wait([session.finished for session in self._sessions], timeout=grace_s)
+        for session in list(self._sessions):
+            session.stop(code, reason)
+        if self._sessions:
+            await asyncio.wait([session.finished for session in self._sessions])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            session = _Session(self, scope, receive, send)
+            self._sessions.add(session)
+            try:
+                await session.run()
+            finally:
+                self._sessions.discard(session)
+        elif scope["type"] == "http":
+            await _upgrade_required(send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _open(self, scope: Scope) -> _BackendConnect:
+        """A websockets ``connect`` for this client's handshake (raises ValueError on bad input)."""
+        target = backend_target(scope, self._base_path)
+        headers = handshake_headers(
+            scope, upstream_host=self._upstream_host, options=self.forwarding
+        )
+        host = next((value.decode("latin-1") for name, value in headers if name == b"host"), None)
+        extra = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in headers
+            if name != b"host"
+        ]
+        subprotocols = [Subprotocol(name) for name in scope.get("subprotocols", ())]
+        options: dict[str, Any] = {}
+        if self._backend_uri.startswith("wss:"):
+            options["ssl"] = self.backend_ssl if self.backend_ssl is not None else True
+        return _BackendConnect(
+            self._backend_uri,
+            request_target=target,
+            host_header=host,
+            subprotocols=subprotocols or None,
+            compression="deflate" if self.backend_compression else None,
+            additional_headers=extra,
+            # The client's User-Agent is in ``extra``; add none of our own.
+            user_agent_header=None,
+            # Backends are reached directly, never through HTTP(S)_PROXY from the environment.
+            proxy=None,
+            open_timeout=self.open_timeout_s,
+            ping_interval=self.ping_interval_s,
+            ping_timeout=self.ping_timeout_s,
+            close_timeout=self.close_timeout_s,
+            # Compressed frames may exceed the message limit; the bridge checks messages.
+            max_size=wire_max_size(self.max_message_bytes)
+            if self.backend_compression
+            else self.max_message_bytes,
+            max_queue=self.max_queue,
+            **options,
+        )
+
+
+async def _upgrade_required(send: Send) -> None:
+    body = b"426 Upgrade Required: this endpoint only accepts WebSocket connections\n"
+    headers = [
+        TEXT_PLAIN,
+        (b"content-length", str(len(body)).encode()),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+    ]
+    await send({"type": "http.response.start", "status": 426, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass(slots=True)
+class _Stats:
+    """What the session log line reports."""
+
+    messages_up: int = 0
+    bytes_up: int = 0
+    messages_down: int = 0
+    bytes_down: int = 0
+    client_code: int | None = None
+    backend_code: int | None = None
+    status: int | None = None
+    detail: str = ""
+
+
+class _Session:
+    """One client session: opens the backend leg, relays messages, closes both legs."""
+
+    def __init__(self, proxy: WebSocketProxy, scope: Scope, receive: Receive, send: Send) -> None:
+        self.proxy = proxy
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.stats = _Stats()
+        loop = asyncio.get_running_loop()
+        self.last_activity = loop.time()
+        self.finished: asyncio.Future[None] = loop.create_future()
+        self._stop: asyncio.Future[tuple[int, str]] = loop.create_future()
+
+    def stop(self, code: int, reason: str) -> None:
+        """Ask the session to close both legs with ``code`` (used by ``shutdown``)."""
+        if not self._stop.done():
+            self._stop.set_result((code, reason))
+
+    async def run(self) -> None:
+        started = time.monotonic()
+        try:
+            message = await self.receive()
+            if message["type"] != "websocket.connect":
+                return
+            backend = await self._open_backend()
+            if backend is not None:
+                await self._bridge(backend)
+        finally:
+            self._stop.cancel()
+            self.finished.set_result(None)
+            self._log(time.monotonic() - started)
+
+    async def _open_backend(self) -> ClientConnection | None:
+        """Open the backend leg and accept the client, or refuse the client; None if refused."""
+        if self.proxy._closing:
+            await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
+            return None
+        try:
+            opener = self.proxy._open(self.scope)
+        except ValueError as exc:
+            await self._refuse(gateway_error(400, "bad request"), str(exc))
+            return None
+        try:
+            backend = await opener
+        except Exception as exc:  # the websockets -> HTTP boundary: see map_backend_error
+            await self._refuse(map_backend_error(exc), f"{type(exc).__name__}: {exc}")
+            return None
+        if self._stop.done():  # shutdown() began while we were connecting
+            await backend.close(*self._stop.result())
+            await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
+            return None
+        accept: dict[str, Any] = {
+            "type": "websocket.accept",
+            "headers": accept_headers(backend.response.headers) if backend.response else [],
+        }
+        if backend.subprotocol is not None:
+            accept["subprotocol"] = backend.subprotocol
+        try:
+            await self.send(accept)
+        except OSError:  # the client left while the backend was answering
+            self.stats.client_code = CloseCode.ABNORMAL_CLOSURE
+            await self._close_backend(backend, relay_client_close(CloseCode.ABNORMAL_CLOSURE, ""))
+            return None
+        return backend
+
+    async def _refuse(self, failure: BackendFailure, detail: str) -> None:
+        self.stats.status = failure.status
+        self.stats.detail = detail
+        if "websocket.http.response" in self.scope.get("extensions", {}):
+            start = {"type": "websocket.http.response.start", "status": failure.status}
+            await self.send({**start, "headers": list(failure.headers)})
+            await self.send({"type": "websocket.http.response.body", "body": failure.body})
+        else:  # without the extension the server answers a close before accept with 403
+            await self.send({"type": "websocket.close", "code": CloseCode.INTERNAL_ERROR})
+
+    async def _bridge(self, backend: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+        self.last_activity = loop.time()
+        upstream = asyncio.create_task(self._client_to_backend(backend))
+        downstream = asyncio.create_task(self._backend_to_client(backend))
+        pumps: set[asyncio.Future[Any]] = {upstream, downstream}
+        ending: _Ending | None = None
+        cancelled = False
+        try:
+            while ending is None:
+                idle_left = self.last_activity + self.proxy.idle_timeout_s - loop.time()
+                if idle_left <= 0:
+                    ending = _Ending.both(CloseCode.GOING_AWAY, "idle timeout")
+                    break
+                done, _ = await asyncio.wait(
+                    pumps | {self._stop}, timeout=idle_left, return_when=asyncio.FIRST_COMPLETED
+                )
+                if self._stop in done:
+                    ending = _Ending.both(*self._stop.result())
+                for pump in done & pumps:
+                    pumps.discard(pump)
+                    ending = ending or self._pump_result(pump)
+                if ending is None and not pumps:  # both legs gone without a close frame to relay
+                    ending = _Ending(None, relay_client_close(CloseCode.ABNORMAL_CLOSURE, ""))
+        except asyncio.CancelledError:
+            cancelled = True
+            ending = _Ending.both(CloseCode.GOING_AWAY, "server shutdown")
+        finally:
+            for pump in (upstream, downstream):
+                pump.cancel()
+            await asyncio.gather(upstream, downstream, return_exceptions=True)
+            await self._finish(backend, ending or _Ending.both(CloseCode.INTERNAL_ERROR, ""))
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _pump_result(self, pump: asyncio.Future[Any]) -> _Ending | None:
+        if pump.cancelled():
+            return None
+        exc = pump.exception()
+        if exc is not None:
+            logger.error("websocket bridge failed", exc_info=exc)
+            return _Ending.both(CloseCode.INTERNAL_ERROR, "internal error")
+        result: _Ending | None = pump.result()
+        return result
+
+    async def _client_to_backend(self, backend: ClientConnection) -> _Ending | None:
+        limit = self.proxy.max_message_bytes
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await self.receive()
+            if message["type"] == "websocket.disconnect":
+                code = message.get("code", CloseCode.NO_STATUS_RCVD)
+                self.stats.client_code = code
+                return _Ending(None, relay_client_close(code, message.get("reason") or ""))
+            if message["type"] != "websocket.receive":
+                continue
+            text = message.get("text")
+            data: str | bytes = text if text is not None else message.get("bytes") or b""
+            size = utf8_size(data)
+            if size > limit:
+                return _Ending.both(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            self.last_activity = loop.time()
+            try:
+                await backend.send(data)
+            except ConnectionClosed as exc:
+                return self._backend_closed(exc)
+            self.stats.messages_up += 1
+            self.stats.bytes_up += size
+
+    async def _backend_to_client(self, backend: ClientConnection) -> _Ending | None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data = await backend.recv()
+            except ConnectionClosed as exc:
+                return self._backend_closed(exc)
+            size = utf8_size(data)
+            if size > self.proxy.max_message_bytes:
+                return _Ending.both(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            self.last_activity = loop.time()
+            key = "text" if isinstance(data, str) else "bytes"
+            try:
+                await self.send({"type": "websocket.send", key: data})
+            except OSError:  # the client is gone; its disconnect event ends the session
+                return None
+            self.stats.messages_down += 1
+            self.stats.bytes_down += size
+
+    def _backend_closed(self, exc: ConnectionClosed) -> _Ending:
+        close = exc.rcvd or exc.sent
+        self.stats.backend_code = close.code if close is not None else CloseCode.ABNORMAL_CLOSURE
+        failure = map_backend_error(exc)
+        return _Ending((failure.close_code, failure.reason), None)
+
+    async def _finish(self, backend: ClientConnection, ending: _Ending) -> None:
+        if ending.to_client is not None:
+            code, reason = ending.to_client
+            self.stats.client_code = code
+            with contextlib.suppress(OSError):
+                await self.send({"type": "websocket.close", "code": code, "reason": reason})
+        if ending.to_backend is not None:
+            await self._close_backend(backend, ending.to_backend)
+        else:
+            await backend.close()  # already closed: only makes sure the socket is released
+
+    async def _close_backend(self, backend: ClientConnection, close: tuple[int, str]) -> None:
+        if self.stats.backend_code is None:
+            self.stats.backend_code = close[0]
+        await backend.close(*close)
+
+    def _log(self, duration_s: float) -> None:
+        client = self.scope.get("client")
+        stats = self.stats
+        # The path only: query strings often carry tokens.
+        where = f"client={client[0]}:{client[1]}" if client else "client=-"
+        where += f" path={self.scope.get('path', '')}"
+        if stats.status is not None:
+            logger.info(
+                "websocket refused %s status=%d duration=%.3fs detail=%s",
+                where,
+                stats.status,
+                duration_s,
+                stats.detail,
+            )
+            return
+        logger.info(
+            "websocket session %s duration=%.3fs up=%d msgs/%d B down=%d msgs/%d B "
+            "close client=%s backend=%s",
+            where,
+            duration_s,
+            stats.messages_up,
+            stats.bytes_up,
+            stats.messages_down,
+            stats.bytes_down,
+            stats.client_code,
+            stats.backend_code,
+        )

@@ -1,0 +1,185 @@
+"""The command line, run as real processes: check, cert, run (TLS, redirect, workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+
+from gateway.tls import CertificatePair
+from tests.servers import Backend
+
+GATEWAY = [sys.executable, "-m", "gateway"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def gateway_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*GATEWAY, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+def test_check_prints_effective_configuration() -> None:
+    result = gateway_cmd("check", "-c", "settings/gateway.toml")
+    assert result.returncode == 0, result.stderr
+    assert '[[routes]]\nprefix = "/"\nupstream = "http://127.0.0.1:8080"' in result.stdout
+    assert "configuration is valid" in result.stderr
+
+
+def test_check_reports_every_problem_and_fails(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[listen]\nportt = 1\n[[routes]]\nupstream = "ftp://x"\n')
+    result = gateway_cmd("check", "-c", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"gateway: {path}: listen.portt: unknown key",
+        f"gateway: {path}: routes.0.upstream: upstream 'ftp://x': unsupported scheme 'ftp' "
+        "(use http or https)",
+    ]
+    assert result.stdout == ""
+
+
+def test_check_reports_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "busy.toml"
+        path.write_text(f"[listen]\nport = {port}\n")
+        result = gateway_cmd("check", "-c", str(path))
+    assert result.returncode == 1
+    assert f"{path}: listen.port: cannot listen on 127.0.0.1:{port}: Address already in use" in (
+        result.stderr
+    )
+
+
+def test_cert_writes_a_usable_localhost_certificate(tmp_path: Path) -> None:
+    result = gateway_cmd("cert", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    cert = x509.load_pem_x509_certificate((tmp_path / "cert.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
+    assert oct((tmp_path / "key.pem").stat().st_mode & 0o777) == "0o600"
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+        tmp_path / "cert.pem", tmp_path / "key.pem"
+    )
+
+
+async def wait_for_port(port: int, process: asyncio.subprocess.Process) -> None:
+    for _ in range(200):
+        if process.returncode is not None:
+            raise AssertionError(f"gateway exited with {process.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@asynccontextmanager
+async def gateway_process(
+    args: list[str], port: int, env: dict[str, str]
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    process = await asyncio.create_subprocess_exec(
+        *args, env={**os.environ, **env}, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await wait_for_port(port, process)
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def test_run_makes_a_dev_certificate_redirects_and_stops_on_sigterm(
+    backend: Backend, tmp_path: Path
+) -> None:
+    port, redirect = free_port(), free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"[listen]\nport = {port}\nredirect_port = {redirect}\n"
+        f'[[routes]]\nupstream = "http://127.0.0.1:{backend.port}"\n'
+    )
+    env = {"GATEWAY_STATE_DIR": str(tmp_path / "state")}
+    async with gateway_process([*GATEWAY, "run", "-c", str(config)], port, env) as process:
+        dev = tmp_path / "state" / "dev-cert" / "cert.pem"
+        context = ssl.create_default_context(cafile=dev)
+        async with httpx.AsyncClient(verify=context) as client:
+            response = await client.get(f"https://localhost:{port}/echo")
+            assert response.status_code == 200
+            moved = await client.get(f"http://localhost:{redirect}/a/b?c=1")
+        assert moved.status_code == 308
+        assert moved.headers["location"] == f"https://localhost:{port}/a/b?c=1"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+        assert process.stderr is not None
+        log = (await process.stderr.read()).decode()
+    assert "no certificate configured: using a new development certificate" in log
+    assert f"{dev}" in log
+
+
+async def test_run_with_two_workers(
+    backend: Backend, cert_pair: CertificatePair, client_ssl: ssl.SSLContext
+) -> None:
+    port = free_port()
+    env = {
+        "GATEWAY_LISTEN__PORT": str(port),
+        "GATEWAY_LISTEN__CERTFILE": str(cert_pair.certfile),
+        "GATEWAY_LISTEN__KEYFILE": str(cert_pair.keyfile),
+        "GATEWAY_ROUTES": f'[{{"prefix": "/", "upstream": "http://127.0.0.1:{backend.port}"}}]',
+    }
+    async with gateway_process([*GATEWAY, "run", "--workers", "2"], port, env) as process:
+        async with httpx.AsyncClient(verify=client_ssl) as client:
+            for _ in range(5):
+                response = await client.get(f"https://localhost:{port}/echo")
+                assert response.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_uvicorn_factory_with_its_own_ssl_flags(
+    backend: Backend, cert_pair: CertificatePair, client_ssl: ssl.SSLContext, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[[routes]]\nupstream = "http://127.0.0.1:{backend.port}"\n')
+    args = [
+        sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--ssl-certfile", str(cert_pair.certfile), "--ssl-keyfile", str(cert_pair.keyfile),
+    ]  # fmt: skip
+    async with gateway_process(args, port, {"GATEWAY_CONFIG": str(config)}):
+        async with httpx.AsyncClient(verify=client_ssl) as client:
+            response = await client.get(f"https://127.0.0.1:{port}/echo")
+    assert response.status_code == 200
+    assert backend.requests[0]["raw_path"] == "/echo"
+
+
+@pytest.mark.parametrize("args", [["run", "--workers", "0"], ["bogus"]])
+def test_bad_arguments(args: list[str]) -> None:
+    assert gateway_cmd(*args).returncode == 2

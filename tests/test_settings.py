@@ -1,0 +1,132 @@
+"""Settings: TOML + environment, one clear line per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import ConfigError, Settings, load_settings, to_toml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    return info.value.problems
+
+
+def test_shipped_files_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(ROOT / "settings" / "gateway.toml")
+    assert settings == Settings()
+    assert settings.timeouts.connect_s == 5.0
+    assert settings.timeouts.read_s == 60.0
+    assert settings.timeouts.websocket_idle_s == 86400.0
+    assert settings.websocket.origins == ["same-origin"]
+    load_settings(ROOT / "settings" / "examples" / "plain-http.toml")
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, '[listen]\nprot = 1\n[[routes]]\nupstream = "http://a"\nfoo = 1\n')
+    assert problems(path) == [
+        f"{path}: listen.prot: unknown key",
+        f"{path}: routes.0.foo: unknown key",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("upstream", "message"),
+    [
+        ("ftp://x", "unsupported scheme 'ftp'"),
+        ("http://", "no host"),
+        ("http://a?x=1", "must not have a query"),
+        ("http://a:99999", "out of range"),
+        ("localhost:8080", "unsupported scheme"),
+    ],
+)
+def test_bad_upstream_url(tmp_path: Path, upstream: str, message: str) -> None:
+    path = write(tmp_path, f'[[routes]]\nupstream = "{upstream}"\n')
+    [problem] = problems(path)
+    assert problem.startswith(f"{path}: routes.0.upstream: ")
+    assert message in problem
+
+
+def test_missing_cert_file_and_several_problems_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[listen]\ncertfile = "nope.pem"\nkeyfile = "nope.key"\nport = 70000\n'
+        "[timeouts]\nread_s = -1\n",
+    )
+    found = problems(path)
+    assert f"{path}: listen.port: Input should be less than or equal to 65535" in found
+    assert any(
+        p.startswith(f"{path}: listen.certfile: '{tmp_path}/nope.pem' does not") for p in found
+    )
+    assert any(p.startswith(f"{path}: timeouts.read_s: ") for p in found)
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[listen\n")
+    [problem] = problems(path)
+    assert problem.startswith(f"{path}: invalid TOML")
+    [problem] = problems(tmp_path / "absent.toml")
+    assert problem == f"{tmp_path / 'absent.toml'}: file not found"
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[listen]\nport = 9000\nhost = "127.0.0.2"\n')
+    monkeypatch.setenv("GATEWAY_LISTEN__PORT", "9100")
+    monkeypatch.setenv("GATEWAY_ROUTES", '[{"prefix": "/x", "upstream": "http://b:1"}]')
+    settings = load_settings(path)
+    assert settings.listen.port == 9100
+    assert settings.listen.host == "127.0.0.2"
+    assert settings.routes[0].upstream == "http://b:1"
+
+
+def test_config_env_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "[listen]\nport = 9001\n")
+    monkeypatch.setenv("GATEWAY_CONFIG", str(path))
+    assert load_settings().listen.port == 9001
+
+
+def test_routes_checks(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[routes]]\nprefix = "/a"\nupstream = "http://x"\n'
+        '[[routes]]\nprefix = "/a/"\nupstream = "http://y"\n'
+        '[[routes]]\nprefix = "b"\nupstream = "http://y"\n',
+    )
+    found = problems(path)
+    assert f"{path}: routes.2.prefix: prefix 'b' must start with '/'" in found
+
+
+def test_duplicate_prefix(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[routes]]\nprefix = "/a"\nupstream = "http://x"\n'
+        '[[routes]]\nprefix = "/a/"\nupstream = "http://y"\n',
+    )
+    assert problems(path) == [f"{path}: routes: prefix '/a' appears twice"]
+
+
+def test_trusted_proxies_parse(tmp_path: Path) -> None:
+    path = write(tmp_path, '[forwarding]\ntrusted_proxies = ["10.0.0.0/8", "::1", "nonsense"]\n')
+    assert problems(path) == [
+        f"{path}: forwarding.trusted_proxies: 'nonsense' is not an IP address or CIDR range"
+    ]
+
+
+def test_to_toml_round_trips(tmp_path: Path) -> None:
+    original = Settings(
+        routes=[{"prefix": "/api", "upstream": "http://a:1/v1", "strip_prefix": True}],
+        forwarding={"trusted_proxies": ["10.0.0.0/8"]},
+    )
+    path = write(tmp_path, to_toml(original))
+    assert load_settings(path) == original
