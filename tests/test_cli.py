@@ -173,9 +173,11 @@ async def test_uvicorn_factory_with_its_own_ssl_flags(
         "--host", "127.0.0.1", "--port", str(port),
         "--ssl-certfile", str(cert_pair.certfile), "--ssl-keyfile", str(cert_pair.keyfile),
     ]  # fmt: skip
-    async with gateway_process(args, port, {"GATEWAY_CONFIG": str(config)}):
-        async with httpx.AsyncClient(verify=client_ssl) as client:
-            response = await client.get(f"https://127.0.0.1:{port}/echo")
+    async with (
+        gateway_process(args, port, {"GATEWAY_CONFIG": str(config)}),
+        httpx.AsyncClient(verify=client_ssl) as client,
+    ):
+        response = await client.get(f"https://127.0.0.1:{port}/echo")
     assert response.status_code == 200
     assert backend.requests[0]["raw_path"] == "/echo"
 

@@ -51,12 +51,11 @@ async def test_mounted_under_prefix(
         lifespan="on",
     )
     try:
-        async with run_server(config) as port:
-            async with httpx.AsyncClient(verify=client_ssl) as client:
-                own = await client.get(f"https://127.0.0.1:{port}/")
-                proxied = await client.post(
-                    f"https://127.0.0.1:{port}/backend/items/a%2Fb?x=1&x=2", content=b"data"
-                )
+        async with run_server(config) as port, httpx.AsyncClient(verify=client_ssl) as client:
+            own = await client.get(f"https://127.0.0.1:{port}/")
+            proxied = await client.post(
+                f"https://127.0.0.1:{port}/backend/items/a%2Fb?x=1&x=2", content=b"data"
+            )
     finally:
         await proxy.aclose()
     assert own.status_code == 200
