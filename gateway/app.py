@@ -14,7 +14,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from gateway.proxy.forwarding import ForwardingOptions
+from gateway.middleware.origin import OriginCheckMiddleware
 from gateway.proxy.http import ReverseProxy
+from gateway.proxy.websocket import WebSocketProxy
 from gateway.routing import Route, Router
 from gateway.settings import RouteSettings, Settings, load_settings
 
@@ -56,8 +58,27 @@ def build_router(settings: Settings, transport: httpx.AsyncBaseTransport) -> Rou
                 max_body_bytes=settings.limits.max_body_bytes or None,
                 rewrite_location=settings.forwarding.rewrite_location,
             )
-        routes.append(Route(route.prefix, http_app, None, route.strip_prefix))
+        ws_app = None
+        if route.websocket:
+            ws_app = websocket_app(settings, route)
+        routes.append(Route(route.prefix, http_app, ws_app, route.strip_prefix))
     return Router(routes)
+
+
+def websocket_app(settings: Settings, route: RouteSettings) -> OriginCheckMiddleware:
+    """The WebSocket bridge of a route, behind the Origin allowlist."""
+    ws = settings.websocket
+    bridge = WebSocketProxy(
+        route.upstream,
+        forwarding=_forwarding(settings, route),
+        open_timeout_s=settings.timeouts.connect_s,
+        idle_timeout_s=settings.timeouts.websocket_idle_s,
+        ping_interval_s=ws.ping_interval_s,
+        ping_timeout_s=ws.ping_timeout_s,
+        max_message_bytes=ws.max_message_bytes,
+    )
+    # Cross-site WebSocket hijacking is refused before any backend is contacted.
+    return OriginCheckMiddleware(bridge, allow=ws.origins, allow_missing=ws.allow_missing_origin)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -19,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from gateway.app import create_app
+from gateway.demo import demo_app
 from gateway.settings import ConfigError, Settings, load_settings, to_toml
 from gateway.tls import CertificatePair, RedirectToHttps, dev_certificate, harden, write_self_signed
 
@@ -149,6 +150,7 @@ def uvicorn_config(
 
 
 async def _serve(servers: list[tuple[uvicorn.Server, list[socket.socket]]]) -> None:
+    """Serve all ``servers`` until SIGINT/SIGTERM, or until any of them stops."""
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -168,10 +170,20 @@ async def _serve(servers: list[tuple[uvicorn.Server, list[socket.socket]]]) -> N
             loop.remove_signal_handler(sig)
 
 
+ServerList = list[tuple[uvicorn.Server, list[socket.socket]]]
+
+
 def run_worker(settings: Settings, pair: CertificatePair | None, listeners: list[Listener]) -> None:
     """Serve ``listeners`` in this process until SIGTERM/SIGINT."""
     configure_logging(settings)
-    servers: list[tuple[uvicorn.Server, list[socket.socket]]] = []
+    run_servers(gateway_servers(settings, pair, listeners))
+
+
+def gateway_servers(
+    settings: Settings, pair: CertificatePair | None, listeners: list[Listener]
+) -> ServerList:
+    """A uvicorn server for each listener: the gateway app, or the https redirect."""
+    servers: ServerList = []
     for listener in listeners:
         if listener.redirect:
             https_port = settings.listen.public_port or settings.listen.port
@@ -183,7 +195,15 @@ def run_worker(settings: Settings, pair: CertificatePair | None, listeners: list
                 create_app(settings), settings, pair, access_log=settings.log.access_log
             )
         servers.append((_Server(config), [listener.sock]))
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    return servers
+
+
+def run_servers(servers: ServerList) -> None:
+    """Run ``servers`` in one event loop (uvloop when installed) until a signal stops them."""
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=_loop_factory()) as runner,
+    ):
         runner.run(_serve(servers))
 
 
@@ -281,6 +301,34 @@ def cmd_cert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The echo backend on 127.0.0.1 and the gateway in front of it, with default settings."""
+    settings = Settings(
+        listen={"host": args.host, "port": args.port},
+        routes=[{"prefix": "/", "upstream": f"http://127.0.0.1:{args.backend_port}"}],
+    )
+    configure_logging(settings)
+    pair = resolve_certificate(settings)
+    backend = bind("127.0.0.1", args.backend_port, "--backend-port", "demo")
+    try:
+        listeners = bind_listeners(settings, "demo")
+    except ConfigError:
+        backend.close()
+        raise
+    backend_config = uvicorn_config(demo_app(), settings, None)
+    backend_config.lifespan = "off"
+    servers = [(_Server(backend_config), [backend]), *gateway_servers(settings, pair, listeners)]
+    host = "localhost" if args.host in ("127.0.0.1", "::1", "localhost") else args.host
+    print(
+        f"echo backend on http://127.0.0.1:{args.backend_port}/ (plain HTTP + ws://)\n"
+        f"gateway on https://{host}:{args.port}/ -> open this URL "
+        "(accept the development certificate); Ctrl-C stops both",
+        flush=True,
+    )
+    run_servers(servers)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -296,6 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate settings and print the effective configuration")
     check.add_argument("-c", "--config", help="settings file (TOML); default: $GATEWAY_CONFIG")
     check.set_defaults(func=cmd_check)
+
+    demo = sub.add_parser("demo", help="echo backend + gateway in front of it (the seed scenario)")
+    demo.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8443, help="gateway https port (default 8443)")
+    demo.add_argument("--backend-port", type=int, default=8080, help="echo backend port (8080)")
+    demo.set_defaults(func=cmd_demo)
 
     cert = sub.add_parser("cert", help="write a self-signed development certificate")
     cert.add_argument("--out", default="certs", help="folder for cert.pem and key.pem")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from starlette.types import Scope
 from websockets.datastructures import Headers as WsHeaders
@@ -91,7 +92,9 @@ def backend_target(scope: Scope, base_path: bytes = b"") -> str:
     The path comes from ``raw_path`` with its percent-encoding untouched.  Raises
     ``ValueError`` for bytes that cannot appear in a request line.
     """
-    raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+    raw_path: bytes | None = scope.get("raw_path")
+    if raw_path is None:  # raw_path is optional in ASGI: re-encode the decoded path
+        raw_path = quote(scope["path"], safe="/:@!$&'()*+,;=~").encode("ascii")
     path = base_path.rstrip(b"/") + strip_root_path(raw_path, scope.get("root_path", ""))
     if not path.startswith(b"/"):
         path = b"/" + path
