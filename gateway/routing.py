@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.responses import send_text
+
 __all__ = ["Route", "Router", "match_route", "prefix_matches"]
 
 
@@ -55,28 +57,9 @@ class Router:
         route = match_route(self.routes, local or "/")
         app = None if route is None else (route.http if kind == "http" else route.websocket)
         if route is None or app is None:
-            await _not_found(scope, send)
+            await send_text(scope, send, 404)
             return
         if route.strip_prefix and route.prefix != "/":
             scope = dict(scope)
             scope["root_path"] = root_path + route.prefix
         await app(scope, receive, send)
-
-
-async def _not_found(scope: Scope, send: Send) -> None:
-    body = b"404 Not Found\n"
-    start = {
-        "status": 404,
-        "headers": [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
-    if scope["type"] == "http":
-        await send({"type": "http.response.start", **start})
-        await send({"type": "http.response.body", "body": body})
-    elif "websocket.http.response" in scope.get("extensions", {}):
-        await send({"type": "websocket.http.response.start", **start})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1008})

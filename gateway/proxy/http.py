@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from email.utils import formatdate
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,6 +22,7 @@ from gateway.proxy.forwarding import (
     response_headers,
     strip_root_path,
 )
+from gateway.responses import send_text
 
 __all__ = ["DEFAULT_TIMEOUT", "ReverseProxy", "error_status"]
 
@@ -31,14 +30,6 @@ logger = logging.getLogger("gateway.proxy")
 
 # nginx's proxy_connect_timeout / proxy_read_timeout / proxy_send_timeout.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
-
-REASONS = {
-    400: b"Bad Request",
-    413: b"Content Too Large",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
 
 
 class RequestBodyTooLarge(Exception):
@@ -166,13 +157,13 @@ class ReverseProxy:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.max_body_bytes is not None and _declared_length(scope) > self.max_body_bytes:
-            await _send_error(send, 413)
+            await send_text(scope, send, 413)
             return
         request = self._build_request(scope, receive)
         try:
             response = await self.transport.handle_async_request(request)
         except RequestBodyTooLarge:
-            await _send_error(send, 413)
+            await send_text(scope, send, 413)
             return
         except ClientDisconnected:
             return
@@ -186,7 +177,9 @@ class ReverseProxy:
                 type(exc).__name__,
                 exc,
             )
-            await _send_error(send, status)
+            await send_text(
+                scope, send, status, headers=[(b"retry-after", b"5")] if status == 503 else ()
+            )
             return
         try:
             await self._respond(scope, receive, send, response)
@@ -309,17 +302,3 @@ class _RequestBody(httpx.AsyncByteStream):
                 raise RequestBodyTooLarge
             if body:
                 yield body
-
-
-async def _send_error(send: Send, status: int) -> None:
-    body = b"%d %s\n" % (status, REASONS.get(status, b"Error"))
-    headers: list[tuple[bytes, bytes]] = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        (b"date", formatdate(usegmt=True).encode()),
-    ]
-    if status == 503:
-        headers.append((b"retry-after", b"5"))
-    message: dict[str, Any] = {"type": "http.response.start", "status": status, "headers": headers}
-    await send(message)
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -381,3 +381,22 @@ async def test_plain_listener_without_tls(
     ):
         response = await plain.get(f"{url}/echo")
     assert header_values(response.json(), "x-forwarded-proto") == ["http"]
+
+
+async def test_failures_are_logged_without_credentials_or_query(
+    gateway_factory: GatewayFactory,
+    client: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with raw_server(read_request_head) as port:
+        pass  # closed again: connecting fails
+    async with gateway_factory(f"http://127.0.0.1:{port}") as url:
+        response = await client.get(
+            f"{url}/private?token=s3cr3t-query",
+            headers={"Authorization": "Bearer s3cr3t-auth", "Cookie": "sid=s3cr3t-cookie"},
+        )
+    assert response.status_code == 502
+    logged = caplog.text
+    assert f"127.0.0.1:{port}" in logged  # the detail an operator needs is there
+    assert "/private" in logged
+    assert "s3cr3t" not in logged
