@@ -6,6 +6,7 @@ by ``GATEWAY_CONFIG`` (built-in defaults without it).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -13,14 +14,14 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from gateway.proxy.forwarding import ForwardingOptions
 from gateway.middleware.origin import OriginCheckMiddleware
+from gateway.proxy.forwarding import ForwardingOptions
 from gateway.proxy.http import ReverseProxy
 from gateway.proxy.websocket import WebSocketProxy
 from gateway.routing import Route, Router
 from gateway.settings import RouteSettings, Settings, load_settings
 
-__all__ = ["build_router", "create_app"]
+__all__ = ["build_router", "close_websockets", "create_app"]
 
 
 def _timeout(settings: Settings) -> httpx.Timeout:
@@ -44,9 +45,12 @@ def make_transport(settings: Settings) -> httpx.AsyncBaseTransport:
     return httpx.AsyncHTTPTransport(retries=0, limits=httpx.Limits(max_connections=512))
 
 
-def build_router(settings: Settings, transport: httpx.AsyncBaseTransport) -> Router:
-    """The route table for ``settings``, every route's proxy sharing ``transport``."""
+def build_router(
+    settings: Settings, transport: httpx.AsyncBaseTransport
+) -> tuple[Router, list[WebSocketProxy]]:
+    """The route table for ``settings`` (proxies share ``transport``) and its WebSocket bridges."""
     routes = []
+    bridges = []
     for route in settings.routes:
         http_app = None
         if route.http:
@@ -60,15 +64,22 @@ def build_router(settings: Settings, transport: httpx.AsyncBaseTransport) -> Rou
             )
         ws_app = None
         if route.websocket:
-            ws_app = websocket_app(settings, route)
+            bridge = websocket_bridge(settings, route)
+            bridges.append(bridge)
+            # Cross-site WebSocket hijacking is refused before any backend is contacted.
+            ws_app = OriginCheckMiddleware(
+                bridge,
+                allow=settings.websocket.origins,
+                allow_missing=settings.websocket.allow_missing_origin,
+            )
         routes.append(Route(route.prefix, http_app, ws_app, route.strip_prefix))
-    return Router(routes)
+    return Router(routes), bridges
 
 
-def websocket_app(settings: Settings, route: RouteSettings) -> OriginCheckMiddleware:
-    """The WebSocket bridge of a route, behind the Origin allowlist."""
+def websocket_bridge(settings: Settings, route: RouteSettings) -> WebSocketProxy:
+    """The WebSocket bridge of a route."""
     ws = settings.websocket
-    bridge = WebSocketProxy(
+    return WebSocketProxy(
         route.upstream,
         forwarding=_forwarding(settings, route),
         open_timeout_s=settings.timeouts.connect_s,
@@ -77,8 +88,6 @@ def websocket_app(settings: Settings, route: RouteSettings) -> OriginCheckMiddle
         ping_timeout_s=ws.ping_timeout_s,
         max_message_bytes=ws.max_message_bytes,
     )
-    # Cross-site WebSocket hijacking is refused before any backend is contacted.
-    return OriginCheckMiddleware(bridge, allow=ws.origins, allow_missing=ws.allow_missing_origin)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -86,7 +95,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     if settings is None:
         settings = load_settings()
     transport = make_transport(settings)
-    router = build_router(settings, transport)
+    router, bridges = build_router(settings, transport)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -97,4 +106,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     app = Starlette(routes=[Mount("", app=router)], lifespan=lifespan)
     app.state.settings = settings
+    app.state.websocket_bridges = bridges
     return app
+
+
+async def close_websockets(app: Starlette, grace_s: float) -> None:
+    """Let open WebSocket sessions end within ``grace_s``, then close them with 1001."""
+    bridges: list[WebSocketProxy] = app.state.websocket_bridges
+    await asyncio.gather(*(bridge.shutdown(grace_s=grace_s) for bridge in bridges))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
@@ -12,14 +13,15 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import close_websockets, create_app
 from gateway.demo import demo_app
+from gateway.proxy.websocket_rules import wire_max_size
 from gateway.settings import ConfigError, Settings, load_settings, to_toml
 from gateway.tls import CertificatePair, RedirectToHttps, dev_certificate, harden, write_self_signed
 
@@ -38,11 +40,30 @@ class _Config(uvicorn.Config):
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn Server that leaves signal handling to ``_serve``, which owns several servers."""
+    """A uvicorn Server that leaves signal handling to ``_serve`` (it owns several servers).
+
+    ``before_shutdown`` runs after the listeners stop accepting and before uvicorn
+    closes connections itself (which would close WebSockets with 1012).
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        before_shutdown: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self._before_shutdown = before_shutdown
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._before_shutdown is not None:
+            for server in self.servers:
+                server.close()
+            await self._before_shutdown()
+        await super().shutdown(sockets)
 
 
 @dataclass(frozen=True)
@@ -139,7 +160,9 @@ def uvicorn_config(
         date_header=False,
         # Forwarding headers are the gateway's own business (trusted_proxies).
         proxy_headers=False,
-        ws_max_size=settings.websocket.max_message_bytes,
+        # websockets checks the limit on compressed frames, which deflate can make a
+        # little larger than the message; the bridge enforces the exact limit itself.
+        ws_max_size=wire_max_size(settings.websocket.max_message_bytes),
         ws_ping_interval=settings.websocket.ping_interval_s,
         ws_ping_timeout=settings.websocket.ping_timeout_s,
         h11_max_incomplete_event_size=settings.limits.max_header_bytes,
@@ -187,14 +210,15 @@ def gateway_servers(
     for listener in listeners:
         if listener.redirect:
             https_port = settings.listen.public_port or settings.listen.port
-            app: object = RedirectToHttps(https_port)
-            config = uvicorn_config(app, settings, None)
-            config.lifespan = "off"
-        else:
-            config = uvicorn_config(
-                create_app(settings), settings, pair, access_log=settings.log.access_log
-            )
-        servers.append((_Server(config), [listener.sock]))
+            redirect = uvicorn_config(RedirectToHttps(https_port), settings, None)
+            redirect.lifespan = "off"
+            servers.append((_Server(redirect), [listener.sock]))
+            continue
+        app = create_app(settings)
+        config = uvicorn_config(app, settings, pair, access_log=settings.log.access_log)
+        grace_s = settings.timeouts.shutdown_grace_s
+        server = _Server(config, before_shutdown=functools.partial(close_websockets, app, grace_s))
+        servers.append((server, [listener.sock]))
     return servers
 
 

@@ -16,6 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from gateway.tls import CertificatePair
 from tests.servers import Backend
@@ -185,3 +188,34 @@ async def test_uvicorn_factory_with_its_own_ssl_flags(
 @pytest.mark.parametrize("args", [["run", "--workers", "0"], ["bogus"]])
 def test_bad_arguments(args: list[str]) -> None:
     assert gateway_cmd(*args).returncode == 2
+
+
+async def test_sigterm_closes_websocket_sessions_with_1001_after_grace(
+    cert_pair: CertificatePair, client_ssl: ssl.SSLContext
+) -> None:
+    async def echo(connection: ServerConnection) -> None:
+        async for message in connection:
+            await connection.send(message)
+
+    async with serve(echo, "127.0.0.1", 0) as backend:
+        backend_port = backend.sockets[0].getsockname()[1]
+        port = free_port()
+        env = {
+            "GATEWAY_LISTEN__PORT": str(port),
+            "GATEWAY_LISTEN__CERTFILE": str(cert_pair.certfile),
+            "GATEWAY_LISTEN__KEYFILE": str(cert_pair.keyfile),
+            "GATEWAY_TIMEOUTS__SHUTDOWN_GRACE_S": "0.5",
+            "GATEWAY_ROUTES": f'[{{"prefix": "/", "upstream": "http://127.0.0.1:{backend_port}"}}]',
+        }
+        async with (
+            gateway_process([*GATEWAY, "run"], port, env) as process,
+            connect(f"wss://localhost:{port}/ws", ssl=client_ssl) as session,
+        ):
+            await session.send("before")
+            assert await session.recv() == "before"
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(session.recv(), 10)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1001
+            assert await asyncio.wait_for(process.wait(), 20) == 0

@@ -14,11 +14,11 @@ Session ends decided here, on top of the close-code table in ``websocket_rules``
   relays that 1012 to the backend; call ``shutdown()`` first for a 1001 (with grace).
 
 Limits: run the server with ``ws_max_size=wire_max_size(max_message_bytes)`` so the
-client leg refuses what the backend leg would (the bridge enforces the exact message
-limit on both legs; the margin is for permessage-deflate frames), and
-with ``ws_ping_interval``/``ws_ping_timeout`` for pings on the client leg (the backend
-leg pings with ``ping_interval_s``).  At most one message per direction is in flight:
-the next message is read only after the previous one was written, and both legs stop
+client leg refuses what the backend leg would (the margin is for permessage-deflate
+frames; the bridge enforces the exact message limit on both legs), and with
+``ws_ping_interval``/``ws_ping_timeout`` for pings on the client leg (the backend leg
+pings with ``ping_interval_s``).  At most one message per direction is in flight: the
+next message is read only after the previous one was written, and both legs stop
 reading when their peer does not (uvicorn pauses the client socket, websockets buffers
 ``max_queue`` frames), so a slow reader slows the writer.
 """
@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers as WsHeaders
 from websockets.datastructures import HeadersLike
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.frames import CloseCode
 from websockets.http11 import USER_AGENT, Request
 from websockets.typing import Subprotocol
@@ -163,6 +163,10 @@ class WebSocketProxy:
             )
         if parts.username or parts.password or parts.query or parts.fragment:
             raise ValueError(f"upstream {upstream!r} must not have credentials, query or fragment")
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port lazily
+        except ValueError as exc:
+            raise ValueError(f"upstream {upstream!r}: {exc}") from None
         for key, value in (
             ("open_timeout_s", open_timeout_s),
             ("idle_timeout_s", idle_timeout_s),
@@ -356,15 +360,18 @@ class _Session:
         try:
             backend = await opener
         except Exception as exc:  # the websockets -> HTTP boundary: see map_backend_error
+            if not isinstance(exc, OSError | WebSocketException):
+                logger.exception("unexpected error opening the WebSocket backend leg")
             await self._refuse(map_backend_error(exc), f"{type(exc).__name__}: {exc}")
             return None
         if self._stop.done():  # shutdown() began while we were connecting
             await backend.close(*self._stop.result())
             await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
             return None
+        assert backend.response is not None  # set by a completed handshake
         accept: dict[str, Any] = {
             "type": "websocket.accept",
-            "headers": accept_headers(backend.response.headers) if backend.response else [],
+            "headers": accept_headers(backend.response.headers),
         }
         if backend.subprotocol is not None:
             accept["subprotocol"] = backend.subprotocol
@@ -379,6 +386,10 @@ class _Session:
     async def _refuse(self, failure: BackendFailure, detail: str) -> None:
         self.stats.status = failure.status
         self.stats.detail = detail
+        with contextlib.suppress(OSError):  # the client may be gone already
+            await self._send_refusal(failure)
+
+    async def _send_refusal(self, failure: BackendFailure) -> None:
         if "websocket.http.response" in self.scope.get("extensions", {}):
             start = {"type": "websocket.http.response.start", "status": failure.status}
             await self.send({**start, "headers": list(failure.headers)})
@@ -387,39 +398,41 @@ class _Session:
             await self.send({"type": "websocket.close", "code": CloseCode.INTERNAL_ERROR})
 
     async def _bridge(self, backend: ClientConnection) -> None:
-        loop = asyncio.get_running_loop()
-        self.last_activity = loop.time()
+        self.last_activity = asyncio.get_running_loop().time()
         upstream = asyncio.create_task(self._client_to_backend(backend))
         downstream = asyncio.create_task(self._backend_to_client(backend))
-        pumps: set[asyncio.Future[Any]] = {upstream, downstream}
-        ending: _Ending | None = None
-        cancelled = False
+        ending = _Ending.both(CloseCode.INTERNAL_ERROR, "internal error")
         try:
-            while ending is None:
-                idle_left = self.last_activity + self.proxy.idle_timeout_s - loop.time()
-                if idle_left <= 0:
-                    ending = _Ending.both(CloseCode.GOING_AWAY, "idle timeout")
-                    break
-                done, _ = await asyncio.wait(
-                    pumps | {self._stop}, timeout=idle_left, return_when=asyncio.FIRST_COMPLETED
-                )
-                if self._stop in done:
-                    ending = _Ending.both(*self._stop.result())
-                for pump in done & pumps:
-                    pumps.discard(pump)
-                    ending = ending or self._pump_result(pump)
-                if ending is None and not pumps:  # both legs gone without a close frame to relay
-                    ending = _Ending(None, relay_client_close(CloseCode.ABNORMAL_CLOSURE, ""))
-        except asyncio.CancelledError:
-            cancelled = True
+            ending = await self._first_ending({upstream, downstream})
+        except asyncio.CancelledError:  # server shutdown, or the enclosing app gave up
             ending = _Ending.both(CloseCode.GOING_AWAY, "server shutdown")
+            raise
         finally:
             for pump in (upstream, downstream):
                 pump.cancel()
             await asyncio.gather(upstream, downstream, return_exceptions=True)
-            await self._finish(backend, ending or _Ending.both(CloseCode.INTERNAL_ERROR, ""))
-        if cancelled:
-            raise asyncio.CancelledError
+            await self._finish(backend, ending)
+
+    async def _first_ending(self, pumps: set[asyncio.Task[_Ending | None]]) -> _Ending:
+        """Wait until a leg closes, the session idles out or ``stop()`` is called."""
+        loop = asyncio.get_running_loop()
+        waiting: set[asyncio.Future[Any]] = {*pumps, self._stop}
+        while True:
+            idle_left = self.last_activity + self.proxy.idle_timeout_s - loop.time()
+            if idle_left <= 0:
+                return _Ending.both(CloseCode.GOING_AWAY, "idle timeout")
+            done, _ = await asyncio.wait(
+                waiting, timeout=idle_left, return_when=asyncio.FIRST_COMPLETED
+            )
+            if self._stop in done:
+                return _Ending.both(*self._stop.result())
+            for pump in done:
+                waiting.discard(pump)
+                ending = self._pump_result(pump)
+                if ending is not None:
+                    return ending
+            if waiting == {self._stop}:  # both pumps ended without a close to relay
+                return _Ending(None, relay_client_close(CloseCode.ABNORMAL_CLOSURE, ""))
 
     def _pump_result(self, pump: asyncio.Future[Any]) -> _Ending | None:
         if pump.cancelled():

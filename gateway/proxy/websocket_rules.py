@@ -113,7 +113,7 @@ def handshake_headers(scope: Scope, *, upstream_host: bytes, options: Forwarding
     ``Sec-WebSocket-*`` headers do not (each leg negotiates its own); X-Forwarded-*
     and Host follow the same rules as the HTTP proxy (``forwarding.request_headers``).
     """
-    # uvicorn's websockets implementation keeps the client's header case.
+    # forwarding's rules compare lower-case names; not every ASGI server lower-cases them.
     incoming = [
         (name.lower(), value)
         for name, value in scope["headers"]

@@ -369,6 +369,30 @@ async def test_origin_refused_with_403_before_the_backend_is_contacted(
     assert len(backend.handshakes) == 1  # only the allowed one
 
 
+async def test_client_leaving_during_the_backend_handshake_closes_the_backend_1001(
+    cert_pair: CertificatePair, client_ssl: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def slow_accept(connection: ServerConnection, request: Request) -> None:
+        await asyncio.sleep(0.5)
+
+    async with (
+        ws_backend(process_request=slow_accept) as backend,
+        tls_bridge(WebSocketProxy(backend.url), cert_pair) as url,
+    ):
+        host, port = url.removeprefix("wss://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port), ssl=client_ssl)
+        writer.write(
+            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        await asyncio.sleep(0.1)
+        writer.close()
+        await writer.wait_closed()
+        assert await backend_close(backend) == (1001, "client went away")
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
 # Close codes ------------------------------------------------------------------------------
 
 CLOSES = [(1000, "bye"), (1001, "going away"), (4000, "custom"), (4999, "last private code")]
@@ -638,6 +662,20 @@ async def test_one_log_line_per_session_without_secrets(
     assert "up=1 msgs/4 B down=1 msgs/4 B" in line
     assert "close client=4000 backend=4000" in line
     assert "secret" not in line
+
+
+async def test_lifespan_events_are_answered() -> None:
+    events = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(events)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await WebSocketProxy("http://127.0.0.1:1")({"type": "lifespan"}, receive, send)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
 
 
 async def test_plain_http_request_gets_426(

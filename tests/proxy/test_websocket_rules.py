@@ -17,6 +17,7 @@ from websockets.frames import Close
 from websockets.http11 import Response
 
 from gateway.proxy.forwarding import ForwardingOptions
+from gateway.proxy.websocket import WebSocketProxy
 from gateway.proxy.websocket_rules import (
     accept_headers,
     backend_target,
@@ -237,3 +238,29 @@ def test_utf8_size_counts_encoded_bytes() -> None:
 def test_wire_max_size_leaves_room_for_deflate_expansion() -> None:
     assert wire_max_size(1024 * 1024) >= 1024 * 1024 + 1024 * 1024 // 100
     assert wire_max_size(1) > 1
+
+
+@pytest.mark.parametrize(
+    ("upstream", "options", "key"),
+    [
+        ("ftp://backend", {}, "upstream"),
+        ("backend:8080", {}, "upstream"),
+        ("http://user:pw@backend", {}, "upstream"),
+        ("http://backend/?x=1", {}, "upstream"),
+        ("http://backend:99999", {}, "upstream"),
+        ("http://backend", {"idle_timeout_s": 0}, "idle_timeout_s"),
+        ("http://backend", {"open_timeout_s": -1}, "open_timeout_s"),
+        ("http://backend", {"ping_interval_s": 0}, "ping_interval_s"),
+        ("http://backend", {"max_message_bytes": 0}, "max_message_bytes"),
+        ("http://backend", {"max_queue": 0}, "max_queue"),
+    ],
+)
+def test_bad_configuration_names_the_key(upstream: str, options: dict[str, Any], key: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        WebSocketProxy(upstream, **options)
+
+
+def test_upstream_schemes_and_pings_off() -> None:
+    assert repr(WebSocketProxy("https://backend/base/")) == "WebSocketProxy('https://backend/base')"
+    WebSocketProxy("ws://backend:8080", ping_interval_s=None, ping_timeout_s=None)
+    WebSocketProxy("wss://backend")
