@@ -16,8 +16,10 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from gateway.app import close_websockets, create_app
 from gateway.demo import demo_app
@@ -64,6 +66,18 @@ class _Server(uvicorn.Server):
                 server.close()
             await self._before_shutdown()
         await super().shutdown(sockets)
+
+
+class _WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, with the handshake marked complete after a
+    refusal sent through ``websocket.http.response`` (as uvicorn's wsproto protocol does;
+    uvicorn PR #3138). Without it every refused handshake (403 for a foreign Origin, the
+    backend's own refusal) is also logged as "returned without completing handshake"."""
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            self.handshake_complete = True
 
 
 @dataclass(frozen=True)
@@ -151,7 +165,7 @@ def uvicorn_config(
         app,  # type: ignore[arg-type]
         loop="auto",
         http="auto",
-        ws="websockets-sansio",
+        ws=_WebSocketProtocol,
         lifespan="on",
         ssl_certfile=str(pair.certfile) if pair else None,
         ssl_keyfile=str(pair.keyfile) if pair else None,

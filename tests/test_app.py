@@ -1,0 +1,74 @@
+"""The assembled gateway: HTTP and WebSocket on one route, refusals, upgrade rules."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
+
+from tests.conftest import GatewayFactory
+from tests.servers import Backend, parse_response, raw_exchange
+
+
+@pytest.fixture
+async def ws_echo() -> AsyncIterator[int]:
+    async def echo(connection: ServerConnection) -> None:
+        async for message in connection:
+            await connection.send(message)
+
+    async with serve(echo, "127.0.0.1", 0) as server:
+        yield server.sockets[0].getsockname()[1]
+
+
+async def test_one_route_serves_http_and_websocket(
+    backend: Backend, ws_echo: int, gateway_factory: GatewayFactory, client_ssl: ssl.SSLContext
+) -> None:
+    routes = [
+        {"prefix": "/", "upstream": f"http://127.0.0.1:{backend.port}"},
+        {"prefix": "/ws", "upstream": f"http://127.0.0.1:{ws_echo}"},
+    ]
+    async with (
+        gateway_factory("", routes=routes) as url,
+        connect(url.replace("https", "wss") + "/ws/chat", ssl=client_ssl) as session,
+    ):
+        await session.send("ping")
+        assert await session.recv() == "ping"
+
+
+async def test_foreign_origin_refused_without_error_log(
+    ws_echo: int,
+    gateway_factory: GatewayFactory,
+    client_ssl: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with gateway_factory(f"http://127.0.0.1:{ws_echo}") as url:
+        with pytest.raises(websockets.InvalidStatus) as info:
+            async with connect(
+                url.replace("https", "wss") + "/", ssl=client_ssl, origin="https://evil.example"
+            ):
+                pass
+    assert info.value.response.status_code == 403
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_h2c_upgrade_is_never_forwarded(
+    gateway: str, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    port = urlsplit(gateway).port
+    assert port is not None
+    raw = await raw_exchange(
+        port,
+        b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n",
+        client_ssl,
+    )
+    status, _, _ = parse_response(raw)
+    assert status == 200
+    names = {name for name, _ in backend.requests[0]["headers"]}
+    assert not names & {"upgrade", "http2-settings", "connection"}
