@@ -1,0 +1,216 @@
+"""Client-side deadlines of an HTTP request: a stalled request body, a too-long request.
+
+- ``body_timeout_s``: the longest the app may wait for the *next piece* of the request
+  body (nginx ``client_body_timeout``: between two successive reads, not for the
+  whole body, so a large upload over a slow but steady link passes).  Only time the
+  app spends waiting on the client counts: a slow backend that reads the body late
+  does not make the client late.  Expiry -> 408.
+- ``request_timeout_s``: the whole exchange, from the request start until the app
+  returns (request body, backend, response body).  Expiry -> 504.
+
+On expiry the app is cancelled (the proxy drops its backend connection, so the
+backend sees a disconnect).  If no response has started, the client gets the status
+with ``Connection: close``; otherwise the response is left incomplete, which makes
+the server cut the connection - the only honest signal left.
+
+Each request uses at most one loop timer at a time, re-armed lazily: a steady upload
+costs one timer event per ``body_timeout_s``, not one per chunk.  WebSocket scopes
+pass through: the bridge has its own idle timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.responses import send_text
+
+__all__ = ["TimeoutsMiddleware", "check_deadlines", "has_request_body"]
+
+logger = logging.getLogger("gateway.timeouts")
+
+# asyncio runs a timer up to one clock tick early (BaseEventLoop._run_once).
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
+
+
+def check_deadlines(
+    now: float, *, body_deadline: float | None, request_deadline: float | None
+) -> tuple[int | None, float | None]:
+    """``(status, None)`` once a deadline has passed, else ``(None, next deadline)``.
+
+    ``body_deadline`` is when the current wait for the request body expires (None when
+    the app is not waiting for it), ``request_deadline`` when the request does.  When
+    both have passed, the earlier one decides: 408 for the body, 504 for the request.
+    """
+    pending = [
+        (deadline, status)
+        for deadline, status in ((body_deadline, 408), (request_deadline, 504))
+        if deadline is not None
+    ]
+    if not pending:
+        return None, None
+    deadline, status = min(pending)
+    if deadline <= now:
+        return status, None
+    return None, deadline
+
+
+def has_request_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """True if the request announces a body (chunked, or a non-zero Content-Length)."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+def _check_timeout(key: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{key}: {value!r} is not a number of seconds > 0 (or None)")
+    return float(value)
+
+
+class TimeoutsMiddleware:
+    """Answer 408 for a stalled request body and 504 past the request deadline.
+
+    ``None`` turns a deadline off; see the module doc for what each one measures.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        body_timeout_s: float | None = 60,
+        request_timeout_s: float | None = None,
+    ) -> None:
+        self.app = app
+        self.body_timeout_s = _check_timeout("body_timeout_s", body_timeout_s)
+        self.request_timeout_s = _check_timeout("request_timeout_s", request_timeout_s)
+
+    def __repr__(self) -> str:
+        return (
+            f"TimeoutsMiddleware(body_timeout_s={self.body_timeout_s!r}, "
+            f"request_timeout_s={self.request_timeout_s!r})"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_timeout_s = self.body_timeout_s
+        if body_timeout_s is not None and not has_request_body(scope["headers"]):
+            body_timeout_s = None
+        if body_timeout_s is None and self.request_timeout_s is None:
+            await self.app(scope, receive, send)
+            return
+        deadlines = _Deadlines(scope, receive, send, body_timeout_s, self.request_timeout_s)
+        await deadlines.run(self.app)
+
+
+class _Deadlines:
+    """One request's deadlines, watched by a single lazily re-armed loop timer."""
+
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        body_timeout_s: float | None,
+        request_timeout_s: float | None,
+    ) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None  # an ASGI app always runs in a task
+        self.task = task
+        self.body_timeout_s = body_timeout_s
+        self.body_done = body_timeout_s is None
+        self.waiting_since: float | None = None
+        self.request_deadline = (
+            None if request_timeout_s is None else self.loop.time() + request_timeout_s
+        )
+        self.timer: asyncio.TimerHandle | None = None
+        self.expired: int | None = None
+        self.response_started = False
+
+    async def run(self, app: ASGIApp) -> None:
+        if self.request_deadline is not None:
+            self._arm(self.request_deadline)
+        cancelling = self.task.cancelling()
+        try:
+            await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            # Ours only if nobody else cancelled too (the asyncio.timeout protocol).
+            if self.expired is None or self.task.uncancel() > cancelling:
+                raise
+            await self._answer(self.expired)
+        else:
+            if self.expired is not None:  # the app swallowed our cancellation
+                self.task.uncancel()
+        finally:
+            if self.timer is not None:
+                self.timer.cancel()
+
+    async def receive(self) -> Message:
+        if self.body_done or self.body_timeout_s is None:
+            return await self._receive()
+        self.waiting_since = now = self.loop.time()
+        self._arm(now + self.body_timeout_s)
+        try:
+            message = await self._receive()
+        finally:
+            self.waiting_since = None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self.body_done = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.expired is not None:
+            return  # the answer is ours now
+        if message["type"] == "http.response.start":
+            self.response_started = True
+        await self._send(message)
+
+    def _arm(self, when: float) -> None:
+        # A timer due earlier will look again when it fires: no need to move it.
+        if self.timer is not None:
+            if self.timer.when() <= when:
+                return
+            self.timer.cancel()
+        self.timer = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        body_deadline = None
+        if self.waiting_since is not None and self.body_timeout_s is not None:
+            body_deadline = self.waiting_since + self.body_timeout_s
+        status, wake_at = check_deadlines(
+            self.loop.time() + _CLOCK_RESOLUTION,
+            body_deadline=body_deadline,
+            request_deadline=self.request_deadline,
+        )
+        if status is not None:
+            self.expired = status
+            self.task.cancel()
+        elif wake_at is not None:
+            self._arm(wake_at)
+
+    async def _answer(self, status: int) -> None:
+        client = self.scope.get("client")
+        logger.info(
+            "%s %s: %s timed out (%s): client=%s",
+            self.scope["method"],
+            self.scope["path"],
+            "request body" if status == 408 else "request",
+            "answered" if not self.response_started else "connection cut",
+            client[0] if client else "-",
+        )
+        if not self.response_started:
+            self.response_started = True
+            await send_text(self.scope, self._send, status, headers=[(b"connection", b"close")])
