@@ -9,23 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Mount
 
-from gateway.middleware.origin import OriginCheckMiddleware
+from gateway.middleware.ratelimit import RateStore
+from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.proxy.forwarding import ForwardingOptions
 from gateway.proxy.http import ReverseProxy
 from gateway.proxy.websocket import WebSocketProxy
 from gateway.routing import Route, Router
-from gateway.settings import RouteSettings, Settings, load_settings
+from gateway.settings import RouteSettings, Settings, TimeoutSettings, load_settings
+from gateway.stack import StackBuilder
+from gateway.transport import UpstreamTransport
 
-__all__ = ["build_router", "close_websockets", "create_app"]
+__all__ = ["Gateway", "build_gateway", "close_websockets", "create_app"]
 
 
-def _timeout(settings: Settings) -> httpx.Timeout:
-    t = settings.timeouts
+def _timeout(timeouts: TimeoutSettings) -> httpx.Timeout:
+    t = timeouts
     return httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.write_s, pool=t.pool_s)
 
 
@@ -40,50 +45,70 @@ def _forwarding(settings: Settings, route: RouteSettings) -> ForwardingOptions:
     )
 
 
-def make_transport(settings: Settings) -> httpx.AsyncBaseTransport:
+def make_transport(settings: Settings) -> UpstreamTransport:
     """The one backend transport (connection pools) that all routes share."""
-    return httpx.AsyncHTTPTransport(retries=0, limits=httpx.Limits(max_connections=512))
+    t = settings.timeouts
+    return UpstreamTransport(
+        connect_timeout_s=t.connect_s,
+        read_timeout_s=t.read_s,
+        write_timeout_s=t.write_s,
+        pool_timeout_s=t.pool_s,
+    )
 
 
-def build_router(
-    settings: Settings, transport: httpx.AsyncBaseTransport
-) -> tuple[Router, list[WebSocketProxy]]:
-    """The route table for ``settings`` (proxies share ``transport``) and its WebSocket bridges."""
+@dataclass
+class Gateway:
+    """The parts of a gateway that need closing or draining at shutdown."""
+
+    router: Router
+    transport: httpx.AsyncBaseTransport
+    bridges: list[WebSocketProxy] = field(default_factory=list)
+    stores: list[RateStore] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        """Close backend connections and rate-limit stores."""
+        await self.transport.aclose()
+        for store in self.stores:
+            await store.aclose()
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    """Routes with their proxies and middleware stacks; ConfigError names bad keys."""
+    transport = make_transport(settings)
+    builder = StackBuilder(settings)
     routes = []
     bridges = []
-    for route in settings.routes:
+    for index, route in enumerate(settings.routes):
+        timeouts = route.timeouts or settings.timeouts
         http_app = None
         if route.http:
-            http_app = ReverseProxy(
+            proxy = ReverseProxy(
                 route.upstream,
                 transport=transport,
-                timeout=_timeout(settings),
+                timeout=_timeout(timeouts),
                 forwarding=_forwarding(settings, route),
-                max_body_bytes=settings.limits.max_body_bytes or None,
                 rewrite_location=settings.forwarding.rewrite_location,
             )
+            http_app = builder.wrap(proxy, route, index)
         ws_app = None
         if route.websocket:
             bridge = websocket_bridge(settings, route)
             bridges.append(bridge)
-            # Cross-site WebSocket hijacking is refused before any backend is contacted.
-            ws_app = OriginCheckMiddleware(
-                bridge,
-                allow=settings.websocket.origins,
-                allow_missing=settings.websocket.allow_missing_origin,
-            )
+            ws_app = builder.wrap(bridge, route, index)
         routes.append(Route(route.prefix, http_app, ws_app, route.strip_prefix))
-    return Router(routes), bridges
+    builder.check()
+    return Gateway(Router(routes), transport, bridges, builder.stores)
 
 
 def websocket_bridge(settings: Settings, route: RouteSettings) -> WebSocketProxy:
     """The WebSocket bridge of a route."""
     ws = settings.websocket
+    timeouts = route.timeouts or settings.timeouts
     return WebSocketProxy(
         route.upstream,
         forwarding=_forwarding(settings, route),
-        open_timeout_s=settings.timeouts.connect_s,
-        idle_timeout_s=settings.timeouts.websocket_idle_s,
+        open_timeout_s=timeouts.connect_s,
+        idle_timeout_s=timeouts.websocket_idle_s,
         ping_interval_s=ws.ping_interval_s,
         ping_timeout_s=ws.ping_timeout_s,
         max_message_bytes=ws.max_message_bytes,
@@ -94,23 +119,33 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The gateway as an ASGI app; ``settings`` default to ``load_settings()``."""
     if settings is None:
         settings = load_settings()
-    transport = make_transport(settings)
-    router, bridges = build_router(settings, transport)
+    gateway = build_gateway(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await transport.aclose()
+            await gateway.aclose()
 
-    app = Starlette(routes=[Mount("", app=router)], lifespan=lifespan)
+    middleware = []
+    if settings.request_id.enabled:
+        middleware.append(
+            Middleware(
+                RequestIdMiddleware,
+                header=settings.request_id.header,
+                trust_incoming=settings.request_id.trust_incoming,
+            )
+        )
+    app = Starlette(
+        routes=[Mount("", app=gateway.router)], middleware=middleware, lifespan=lifespan
+    )
     app.state.settings = settings
-    app.state.websocket_bridges = bridges
+    app.state.gateway = gateway
     return app
 
 
 async def close_websockets(app: Starlette, grace_s: float) -> None:
     """Let open WebSocket sessions end within ``grace_s``, then close them with 1001."""
-    bridges: list[WebSocketProxy] = app.state.websocket_bridges
-    await asyncio.gather(*(bridge.shutdown(grace_s=grace_s) for bridge in bridges))
+    gateway: Gateway = app.state.gateway
+    await asyncio.gather(*(bridge.shutdown(grace_s=grace_s) for bridge in gateway.bridges))

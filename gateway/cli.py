@@ -21,7 +21,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from gateway.app import close_websockets, create_app
+from gateway.app import build_gateway, close_websockets, create_app
 from gateway.demo import demo_app
 from gateway.proxy.websocket_rules import wire_max_size
 from gateway.settings import ConfigError, Settings, load_settings, to_toml
@@ -287,8 +287,13 @@ def run_workers(
 
 
 def _load(path: str | None) -> tuple[Settings, str]:
+    """Settings from ``path``, checked as far as building the app (middleware arguments)."""
     settings = load_settings(path)
-    where = path or os.environ.get("GATEWAY_CONFIG") or "defaults"
+    where = path or os.environ.get("GATEWAY_CONFIG") or "environment"
+    try:
+        build_gateway(settings)
+    except ConfigError as exc:
+        raise ConfigError([f"{where}: {problem}" for problem in exc.problems]) from None
     return settings, where
 
 

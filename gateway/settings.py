@@ -89,31 +89,6 @@ class ListenSettings(_Section):
         return self
 
 
-class RouteSettings(_Section):
-    """One route: requests under ``prefix`` go to ``upstream``."""
-
-    prefix: str = "/"
-    upstream: str
-    strip_prefix: bool = False
-    # None keeps the client's Host header (nginx: proxy_set_header Host $http_host).
-    host_header: str | None = None
-    http: bool = True
-    websocket: bool = True
-
-    @field_validator("prefix")
-    @classmethod
-    def _check_prefix(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"prefix {value!r} must start with '/'")
-        return value if value == "/" else value.rstrip("/")
-
-    @field_validator("upstream")
-    @classmethod
-    def _check_upstream(cls, value: str) -> str:
-        check_upstream_url(value)
-        return value.rstrip("/")
-
-
 def check_upstream_url(url: str) -> None:
     """Raise ValueError unless ``url`` is an absolute http(s) URL without query or fragment."""
     parts = urlsplit(url)
@@ -140,6 +115,9 @@ class TimeoutSettings(_Section):
     pool_s: float = Field(5.0, gt=0)
     websocket_idle_s: float = Field(86400.0, gt=0)
     shutdown_grace_s: float = Field(10.0, ge=0)
+    # Client side: between two reads of the request body (408), and a whole request (504).
+    body_s: float | None = Field(60.0, gt=0)
+    request_s: float | None = Field(None, gt=0)
 
 
 class ForwardingSettings(_Section):
@@ -166,18 +144,143 @@ class ForwardingSettings(_Section):
 
 
 class LimitSettings(_Section):
-    """Size limits on what clients send."""
+    """Size limits on what clients send (413 body, 431 headers, 414 URL)."""
 
     max_body_bytes: int = Field(1024**3, ge=0)
     max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_header_count: int = Field(100, ge=1)
+    max_url_bytes: int = Field(8192, ge=256)
+
+
+class HeaderSettings(_Section):
+    """Header rules (nginx proxy_set_header / add_header / proxy_hide_header).
+
+    Values may use ``$remote_addr``, ``$scheme``, ``$host``, ``$http_host``,
+    ``$request_id`` and ``$request_uri``.
+    """
+
+    request_set: dict[str, str] = Field(default_factory=dict)
+    request_add: dict[str, str] = Field(default_factory=dict)
+    request_remove: list[str] = Field(default_factory=list)
+    response_set: dict[str, str] = Field(default_factory=dict)
+    response_add: dict[str, str] = Field(default_factory=dict)
+    response_remove: list[str] = Field(default_factory=list)
+    # Drop the backend's Server and X-Powered-By.
+    hide_backend: bool = False
+    # HSTS (TLS listeners only), X-Frame-Options SAMEORIGIN, nosniff, Referrer-Policy.
+    security: bool = True
+    hsts_max_age_s: int = Field(31536000, ge=0)
+
+
+class OriginSettings(_Section):
+    """Origin allowlist: always for WebSocket handshakes, optionally for HTTP methods."""
+
+    # "same-origin", "*", exact origins, "https://*.example.com".
+    allow: list[str] = Field(default_factory=lambda: ["same-origin"])
+    # Requests without Origin come from non-browser clients.
+    allow_missing: bool = True
+    # State-changing HTTP methods to check too, e.g. ["POST", "PUT", "PATCH", "DELETE"].
+    http_methods: list[str] = Field(default_factory=list)
+
+
+class IPSettings(_Section):
+    """Client address allow/deny lists (CIDR); deny wins, a non-empty allow is exclusive."""
+
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+
+
+class RateLimitSettings(_Section):
+    """Token bucket per client IP, and connection limits; off unless rate_per_s is set."""
+
+    rate_per_s: float | None = Field(None, gt=0)
+    burst: int = Field(20, ge=1)
+    per_route: bool = False
+    max_concurrent_per_ip: int | None = Field(None, ge=1)
+    max_websockets_per_ip: int | None = Field(None, ge=1)
+    # Shared buckets for several replicas; None keeps them in this process.
+    redis_url: str | None = None
+
+
+class AuthSettings(_Section):
+    """A simple gate: HTTP Basic users and/or bearer tokens (either one passes)."""
+
+    # user -> hash from `gateway hash-password` (pbkdf2_sha256$iterations$salt$hash).
+    basic_users: dict[str, str] = Field(default_factory=dict)
+    # Tokens, or "sha256:<hex>" of a token so the file need not hold the secret.
+    bearer_tokens: list[str] = Field(default_factory=list)
+    realm: str = "gateway"
+    forward_authorization: bool = False
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> AuthSettings:
+        if bool(self.basic_users) == bool(self.bearer_tokens):
+            raise ValueError("set exactly one of basic_users and bearer_tokens")
+        return self
+
+
+class RequestIdSettings(_Section):
+    """X-Request-ID: accepted when sane, else generated; sent to backend and client."""
+
+    enabled: bool = True
+    header: str = "x-request-id"
+    trust_incoming: bool = True
+
+
+class MiddlewareSpec(_Section):
+    """A user middleware: ``"package.module:Class"`` called as ``Class(app, **options)``."""
+
+    path: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        module, _, attribute = value.partition(":")
+        if not module or not attribute:
+            raise ValueError(f"{value!r} is not in the form 'package.module:Class'")
+        return value
+
+
+class RouteSettings(_Section):
+    """One route: requests under ``prefix`` go to ``upstream``.
+
+    The optional sections replace the global ones of the same name for this route.
+    """
+
+    prefix: str = "/"
+    upstream: str
+    strip_prefix: bool = False
+    # None keeps the client's Host header (nginx: proxy_set_header Host $http_host).
+    host_header: str | None = None
+    http: bool = True
+    websocket: bool = True
+    headers: HeaderSettings | None = None
+    origin: OriginSettings | None = None
+    ip: IPSettings | None = None
+    rate_limit: RateLimitSettings | None = None
+    auth: AuthSettings | None = None
+    timeouts: TimeoutSettings | None = None
+    limits: LimitSettings | None = None
+    middleware: list[MiddlewareSpec] | None = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"prefix {value!r} must start with '/'")
+        return value if value == "/" else value.rstrip("/")
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, value: str) -> str:
+        check_upstream_url(value)
+        return value.rstrip("/")
 
 
 class WebSocketSettings(_Section):
-    """WebSocket bridge settings."""
+    """WebSocket bridge settings (the Origin allowlist is [origin])."""
 
-    # Allowed Origin values: "same-origin", "*", exact origins, "https://*.example.com".
-    origins: list[str] = Field(default_factory=lambda: ["same-origin"])
-    allow_missing_origin: bool = True
     max_message_bytes: int = Field(1024 * 1024, ge=1)
     ping_interval_s: float | None = Field(20.0, gt=0)
     ping_timeout_s: float | None = Field(20.0, gt=0)
@@ -208,6 +311,13 @@ class Settings(BaseSettings):
     forwarding: ForwardingSettings = ForwardingSettings()
     limits: LimitSettings = LimitSettings()
     websocket: WebSocketSettings = WebSocketSettings()
+    headers: HeaderSettings = HeaderSettings()
+    origin: OriginSettings = OriginSettings()
+    ip: IPSettings = IPSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    auth: AuthSettings | None = None
+    request_id: RequestIdSettings = RequestIdSettings()
+    middleware: list[MiddlewareSpec] = Field(default_factory=list)
     log: LogSettings = LogSettings()
 
     @field_validator("routes")
@@ -295,17 +405,22 @@ def _describe(where: str, exc: ValidationError) -> list[str]:
 
 def to_toml(settings: Settings) -> str:
     """The effective settings as TOML that ``load_settings`` reads back."""
-    data = settings.model_dump(mode="json")
-    lines: list[str] = []
+    data = settings.model_dump(mode="json", exclude_none=True)
+    # Plain keys first: after a [table] header they would belong to that table.
+    lines = [f"{key} = {_toml_value(value)}" for key, value in data.items() if not _is_table(value)]
     for section, value in data.items():
-        if isinstance(value, list) and value and isinstance(value[0], dict):
+        if isinstance(value, dict):
+            lines += ["", f"[{section}]", *_toml_pairs(value)]
+        elif _is_table(value):
             for item in value:
                 lines += ["", f"[[{section}]]", *_toml_pairs(item)]
-        elif isinstance(value, dict):
-            lines += ["", f"[{section}]", *_toml_pairs(value)]
-        else:
-            lines.append(f"{section} = {_toml_value(value)}")
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, dict) or (
+        isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+    )
 
 
 def _toml_pairs(table: dict[str, Any]) -> list[str]:
@@ -319,4 +434,7 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        pairs = (f"{json.dumps(key)} = {_toml_value(item)}" for key, item in value.items())
+        return "{ " + ", ".join(pairs) + " }" if value else "{}"
     return json.dumps(str(value))

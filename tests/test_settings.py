@@ -29,7 +29,7 @@ def test_shipped_files_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.timeouts.connect_s == 5.0
     assert settings.timeouts.read_s == 60.0
     assert settings.timeouts.websocket_idle_s == 86400.0
-    assert settings.websocket.origins == ["same-origin"]
+    assert settings.origin.allow == ["same-origin"]
     load_settings(ROOT / "settings" / "examples" / "plain-http.toml")
 
 

@@ -1,0 +1,238 @@
+"""Settings -> the middleware stack in front of each route's proxies, in one fixed order.
+
+Outermost first::
+
+    request id          (app level, so every answer - also a 404 - carries it)
+    IP filter           403 before anything else is spent on the client
+    rate limit          429 with Retry-After; connection limits
+    auth                401 (Basic or Bearer)
+    origin              403 for foreign Origins on WebSocket handshakes (and chosen methods)
+    headers             request/response rules, security preset (also on the answers below)
+    size limits         413 / 431 / 414 before the backend sees the request
+    timeouts            408 slow body, 504 whole request
+    user middleware     settings' ``middleware = [...]``, in the order given
+    proxy               ReverseProxy (HTTP) or WebSocketProxy (upgrades)
+
+A route's own section (``[routes.headers]``, ...) replaces the global one for that route.
+Construction errors become ConfigError lines naming the key.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from starlette.types import ASGIApp
+
+from gateway.middleware.auth import BasicAuthMiddleware, BearerTokenMiddleware
+from gateway.middleware.headers import HeadersMiddleware, security_headers
+from gateway.middleware.ipfilter import IPFilterMiddleware
+from gateway.middleware.limits import RequestLimitsMiddleware
+from gateway.middleware.origin import OriginCheckMiddleware
+from gateway.middleware.ratelimit import MemoryStore, RateLimitMiddleware, RateStore
+from gateway.middleware.ratelimit_redis import RedisStore
+from gateway.middleware.timeouts import TimeoutsMiddleware
+from gateway.settings import (
+    ConfigError,
+    MiddlewareSpec,
+    RateLimitSettings,
+    RouteSettings,
+    Settings,
+)
+
+__all__ = ["StackBuilder", "load_middleware"]
+
+T = TypeVar("T")
+
+
+def load_middleware(path: str) -> Callable[..., ASGIApp]:
+    """The middleware class named by ``"package.module:Class"``."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r}: {exc}") from None
+    try:
+        factory = getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no {attribute!r}") from None
+    if not callable(factory):
+        raise ValueError(f"{path!r} is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+class StackBuilder:
+    """Builds each route's stack; collects problems instead of stopping at the first."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.problems: list[str] = []
+        self.stores: list[RateStore] = []
+        self._global_store: RateStore | None = None
+
+    def check(self) -> None:
+        """Raise ConfigError if any construction failed."""
+        if self.problems:
+            raise ConfigError(self.problems)
+
+    def _make(self, key: str, factory: Callable[[], T]) -> T | None:
+        try:
+            return factory()
+        except (ValueError, TypeError) as exc:
+            self.problems.append(f"{key}: {exc}")
+            return None
+
+    def wrap(self, app: ASGIApp, route: RouteSettings, index: int) -> ASGIApp:
+        """``app`` (a route's proxy) inside the route's middleware stack."""
+        s = self.settings
+        key = f"routes.{index}."
+        trusted = tuple(s.forwarding.trusted_proxies)
+
+        def own(name: str) -> str:
+            # Problems name the section that was used: the route's own or the global one.
+            return f"{key}{name}" if getattr(route, name) is not None else name
+
+        for number, spec in reversed(list(enumerate(route.middleware or s.middleware))):
+            app = self._user(app, spec, f"{own('middleware')}.{number}") or app
+
+        timeouts = route.timeouts or s.timeouts
+        app = TimeoutsMiddleware(
+            app, body_timeout_s=timeouts.body_s, request_timeout_s=timeouts.request_s
+        )
+        limits = route.limits or s.limits
+        app = RequestLimitsMiddleware(
+            app,
+            max_body_bytes=limits.max_body_bytes or None,
+            max_header_count=limits.max_header_count,
+            max_header_bytes=limits.max_header_bytes,
+            max_url_bytes=limits.max_url_bytes,
+        )
+        headers = route.headers or s.headers
+        response_set = dict(
+            security_headers(hsts_max_age_s=headers.hsts_max_age_s, tls=s.listen.tls)
+            if headers.security
+            else {}
+        )
+        response_set.update(headers.response_set)
+        app = (
+            self._make(
+                own("headers"),
+                lambda: HeadersMiddleware(
+                    app,
+                    request_set=headers.request_set,
+                    request_add=headers.request_add,
+                    request_remove=headers.request_remove,
+                    response_set=response_set,
+                    response_add=headers.response_add,
+                    response_remove=headers.response_remove,
+                    hide_backend=headers.hide_backend,
+                ),
+            )
+            or app
+        )
+        origin = route.origin or s.origin
+        app = (
+            self._make(
+                own("origin"),
+                lambda: OriginCheckMiddleware(
+                    app,
+                    allow=origin.allow,
+                    allow_missing=origin.allow_missing,
+                    methods=origin.http_methods,
+                ),
+            )
+            or app
+        )
+        auth = route.auth or s.auth
+        if auth is not None and auth.basic_users:
+            app = (
+                self._make(
+                    own("auth"),
+                    lambda: BasicAuthMiddleware(
+                        app,
+                        users=auth.basic_users,
+                        realm=auth.realm,
+                        forward_authorization=auth.forward_authorization,
+                    ),
+                )
+                or app
+            )
+        elif auth is not None and auth.bearer_tokens:
+            app = (
+                self._make(
+                    own("auth"),
+                    lambda: BearerTokenMiddleware(
+                        app,
+                        tokens=auth.bearer_tokens,
+                        realm=auth.realm,
+                        forward_authorization=auth.forward_authorization,
+                    ),
+                )
+                or app
+            )
+        limit = route.rate_limit or s.rate_limit
+        if limit.rate_per_s is not None:
+            app = self._rate_limit(app, limit, route, own("rate_limit"))
+        ip = route.ip or s.ip
+        if ip.allow or ip.deny:
+            app = (
+                self._make(
+                    own("ip"),
+                    lambda: IPFilterMiddleware(
+                        app, allow=ip.allow, deny=ip.deny, trusted_proxies=trusted
+                    ),
+                )
+                or app
+            )
+        return app
+
+    def _rate_limit(
+        self, app: ASGIApp, limit: RateLimitSettings, route: RouteSettings, key: str
+    ) -> ASGIApp:
+        store = self._store(limit, key)
+        if store is None:
+            return app
+        rate_per_s = limit.rate_per_s
+        assert rate_per_s is not None
+        return (
+            self._make(
+                key,
+                lambda: RateLimitMiddleware(
+                    app,
+                    rate_per_s=rate_per_s,
+                    burst=limit.burst,
+                    key="ip+route" if limit.per_route else "ip",
+                    route=route.prefix,
+                    store=store,
+                    max_concurrent_per_ip=limit.max_concurrent_per_ip,
+                    max_websockets_per_ip=limit.max_websockets_per_ip,
+                    trusted_proxies=tuple(self.settings.forwarding.trusted_proxies),
+                ),
+            )
+            or app
+        )
+
+    def _store(self, limit: RateLimitSettings, key: str) -> RateStore | None:
+        # Routes using the global section share one store: one budget per client.
+        shared = limit is self.settings.rate_limit
+        if shared and self._global_store is not None:
+            return self._global_store
+        store: RateStore | None
+        if limit.redis_url:
+            url = limit.redis_url
+            store = self._make(f"{key}.redis_url", lambda: RedisStore(url))
+        else:
+            store = MemoryStore()
+        if store is not None:
+            self.stores.append(store)
+            if shared:
+                self._global_store = store
+        return store
+
+    def _user(self, app: ASGIApp, spec: MiddlewareSpec, key: str) -> ASGIApp | None:
+        factory = self._make(f"{key}.path", lambda: load_middleware(spec.path))
+        if factory is None:
+            return None
+        options: dict[str, Any] = spec.options
+        return self._make(f"{key}.options", lambda: factory(app, **options))

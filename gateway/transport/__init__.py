@@ -1,0 +1,5 @@
+"""HTTP/1.1 client transport for httpx on asyncio and httptools (see `UpstreamTransport`)."""
+
+from gateway.transport._transport import UpstreamTransport
+
+__all__ = ["UpstreamTransport"]
