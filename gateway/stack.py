@@ -74,7 +74,8 @@ class StackBuilder:
     def check(self) -> None:
         """Raise ConfigError if any construction failed."""
         if self.problems:
-            raise ConfigError(self.problems)
+            # A route builds its stack twice (HTTP and WebSocket): report each problem once.
+            raise ConfigError(list(dict.fromkeys(self.problems)))
 
     def _make(self, key: str, factory: Callable[[], T]) -> T | None:
         try:

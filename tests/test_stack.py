@@ -1,0 +1,109 @@
+"""Settings -> middleware stack: order, per-route sections, errors naming the key."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+
+from gateway.app import build_gateway
+from gateway.middleware.auth import hash_password
+from gateway.settings import ConfigError, Settings
+from tests.conftest import GatewayFactory, header_values
+from tests.servers import Backend
+
+
+def problems(**sections: object) -> list[str]:
+    settings = Settings(**sections)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as info:
+        build_gateway(settings)
+    return info.value.problems
+
+
+def test_user_middleware_path_errors_name_the_key() -> None:
+    found = problems(
+        middleware=[
+            {"path": "tests.no_such_module:X"},
+            {"path": "tests.user_middleware:Missing"},
+            {"path": "tests.user_middleware:NOT_CALLABLE"},
+            {"path": "tests.user_middleware:TagMiddleware", "options": {"colour": "red"}},
+        ]
+    )
+    assert len(found) == 4
+    assert found[0].startswith("middleware.3.options: ")
+    assert "colour" in found[0]
+    assert any(
+        p.startswith("middleware.2.path: 'tests.user_middleware:NOT_CALLABLE' is not")
+        for p in found
+    )
+    assert any(
+        p.startswith("middleware.1.path: module 'tests.user_middleware' has no 'Missing'")
+        for p in found
+    )
+    assert any(
+        p.startswith("middleware.0.path: cannot import 'tests.no_such_module'") for p in found
+    )
+
+
+def test_bad_header_template_and_origin_pattern_name_route_keys() -> None:
+    found = problems(
+        routes=[
+            {
+                "prefix": "/",
+                "upstream": "http://127.0.0.1:1",
+                "headers": {"request_set": {"X-A": "$nonsense"}},
+                "origin": {"allow": ["not a url"]},
+            }
+        ]
+    )
+    assert any(p.startswith("routes.0.headers: ") and "nonsense" in p for p in found)
+    assert any(p.startswith("routes.0.origin: ") for p in found)
+
+
+def test_auth_needs_exactly_one_scheme() -> None:
+    with pytest.raises(ValueError, match="exactly one of basic_users and bearer_tokens"):
+        Settings(auth={"realm": "x"})
+
+
+async def test_route_sections_replace_global_ones(
+    backend: Backend, gateway_factory: GatewayFactory, client: httpx.AsyncClient
+) -> None:
+    upstream = f"http://127.0.0.1:{backend.port}"
+    password_hash = hash_password("s3cret", iterations=1000)
+    routes = [
+        {
+            "prefix": "/private",
+            "upstream": upstream,
+            "auth": {"basic_users": {"alice": password_hash}, "realm": "private"},
+            "headers": {"security": False, "response_set": {"X-Route": "private"}},
+        },
+        {"prefix": "/", "upstream": upstream},
+    ]
+    async with gateway_factory(
+        upstream,
+        routes=routes,
+        headers={"request_set": {"X-Client": "$remote_addr via $scheme"}},
+        middleware=[{"path": "tests.user_middleware:TagMiddleware", "options": {"tag": "t1"}}],
+    ) as url:
+        public = await client.get(f"{url}/echo", headers={"X-Request-ID": "abc-123"})
+        refused = await client.get(f"{url}/private/echo")
+        credentials = base64.b64encode(b"alice:s3cret").decode()
+        allowed = await client.get(
+            f"{url}/private/echo", headers={"Authorization": f"Basic {credentials}"}
+        )
+    # Global stack on "/": security preset, request header rule, user middleware, request id.
+    assert public.headers["x-frame-options"] == "SAMEORIGIN"
+    assert public.headers["strict-transport-security"].startswith("max-age=31536000")
+    assert public.headers["x-tag"] == "t1"
+    assert public.headers["x-request-id"] == "abc-123"
+    assert header_values(public.json(), "x-client") == ["127.0.0.1 via https"]
+    assert header_values(public.json(), "x-request-id") == ["abc-123"]
+    # The route's own sections replaced the global ones.
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == 'Basic realm="private", charset="UTF-8"'
+    assert allowed.status_code == 200
+    assert allowed.headers["x-route"] == "private"
+    assert "x-frame-options" not in allowed.headers
+    assert header_values(allowed.json(), "authorization") == []
+    assert len(backend.requests) == 2
