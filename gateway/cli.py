@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import getpass
 import logging
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from gateway.app import build_gateway, close_websockets, create_app
 from gateway.demo import demo_app
+from gateway.middleware.auth import hash_password
 from gateway.proxy.websocket_rules import wire_max_size
 from gateway.settings import ConfigError, Settings, load_settings, to_toml
 from gateway.tls import CertificatePair, RedirectToHttps, dev_certificate, harden, write_self_signed
@@ -372,6 +374,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print a password hash for ``auth.basic_users`` (password from stdin or a prompt)."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise ConfigError(["hash-password: empty password"])
+    print(hash_password(password))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
@@ -393,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8443, help="gateway https port (default 8443)")
     demo.add_argument("--backend-port", type=int, default=8080, help="echo backend port (8080)")
     demo.set_defaults(func=cmd_demo)
+
+    hashing = sub.add_parser("hash-password", help="hash a password for auth.basic_users")
+    hashing.set_defaults(func=cmd_hash_password)
 
     cert = sub.add_parser("cert", help="write a self-signed development certificate")
     cert.add_argument("--out", default="certs", help="folder for cert.pem and key.pem")

@@ -219,3 +219,14 @@ async def test_sigterm_closes_websocket_sessions_with_1001_after_grace(
             assert closed.value.rcvd is not None
             assert closed.value.rcvd.code == 1001
             assert await asyncio.wait_for(process.wait(), 20) == 0
+
+
+def test_hash_password_reads_stdin() -> None:
+    result = subprocess.run(
+        [*GATEWAY, "hash-password"], input="s3cret\n", capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    from gateway.middleware.auth import verify_password
+
+    assert verify_password("s3cret", result.stdout.strip())
+    assert "s3cret" not in result.stdout
