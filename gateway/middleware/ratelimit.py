@@ -60,6 +60,8 @@ __all__ = [
 logger = logging.getLogger("gateway.ratelimit")
 
 KeyMode = Literal["ip", "ip+route"]
+_TOO_MANY_HTTP = "too many concurrent requests"
+_TOO_MANY_WS = "too many WebSocket sessions"
 
 
 def take(
@@ -240,37 +242,32 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         client = client_key(address, self.ipv6_prefix_len)
-        bucket = client
-        if self.key == "ip+route":
-            bucket = (
-                f"{client} {self.route if self.route is not None else scope.get('root_path', '')}"
-            )
-        decision = await self.store.take(bucket, rate_per_s=self.rate_per_s, burst=self.burst)
+        decision = await self.store.take(
+            self._bucket(scope, client), rate_per_s=self.rate_per_s, burst=self.burst
+        )
         if not decision.allowed:
             await self._refuse(scope, send, client, "rate", decision.retry_after_s)
             return
         if scope["type"] == "http":
-            counter, limit, what = (
-                self._in_flight,
-                self.max_concurrent_per_ip,
-                "concurrent requests",
-            )
+            counter, limit, reason = self._in_flight, self.max_concurrent_per_ip, _TOO_MANY_HTTP
         else:
-            counter, limit, what = (
-                self._websockets,
-                self.max_websockets_per_ip,
-                "WebSocket sessions",
-            )
+            counter, limit, reason = self._websockets, self.max_websockets_per_ip, _TOO_MANY_WS
         if limit is None:
             await self.app(scope, receive, send)
             return
         if not counter.acquire(client, limit):
-            await self._refuse(scope, send, client, f"too many {what}", 1.0)
+            await self._refuse(scope, send, client, reason, 1.0)
             return
         try:
             await self.app(scope, receive, send)
         finally:
             counter.release(client)
+
+    def _bucket(self, scope: Scope, client: str) -> str:
+        if self.key == "ip":
+            return client
+        route = self.route if self.route is not None else scope.get("root_path", "")
+        return f"{client} {route}"
 
     async def _refuse(
         self, scope: Scope, send: Send, client: str, reason: str, retry_after_s: float

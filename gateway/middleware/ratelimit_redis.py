@@ -15,7 +15,8 @@ of the shared store should not take the site down with it, and a flooding client
 still slowed by every replica.  With ``fail_open=False`` every request is refused with
 429 until Redis answers again.
 
-Needs ``redis>=5`` (redis-py's asyncio client), an optional dependency of the gateway.
+Needs ``redis>=5`` (redis-py's asyncio client), an optional dependency of the gateway, and a
+Redis server 5 or later (scripts that read ``TIME`` before writing).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from gateway.middleware.ratelimit import Decision, MemoryStore
 
@@ -127,21 +127,25 @@ class RedisStore:
                 allowed, retry = await self._script(
                     keys=[self.prefix + key], args=[repr(float(rate_per_s)), burst]
                 )
-            except (RedisError, OSError) as exc:
-                self._down_until = now + self.retry_interval_s
-                logger.warning(
-                    "rate limit store %s unreachable (%s: %s); %s for %.0f s",
-                    redact_url(self.url),
-                    type(exc).__name__,
-                    exc,
-                    "limiting per replica" if self.fail_open else "refusing requests",
-                    self.retry_interval_s,
-                )
-            else:
                 return Decision(bool(int(allowed)), float(retry))
+            except Exception as exc:  # any store failure: decide without the store
+                self._store_failed(exc)
         if self.fail_open:
             return await self._fallback.take(key, rate_per_s=rate_per_s, burst=burst)
-        return Decision(False, self._down_until - now)
+        return Decision(False, max(self._down_until - time.monotonic(), 0.0))
+
+    def _store_failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now >= self._down_until:  # once per outage, not once per waiting request
+            logger.warning(
+                "rate limit store %s unreachable (%s: %s); %s for %.0f s",
+                redact_url(self.url),
+                type(exc).__name__,
+                exc,
+                "limiting per replica" if self.fail_open else "refusing requests",
+                self.retry_interval_s,
+            )
+        self._down_until = now + self.retry_interval_s
 
     async def aclose(self) -> None:
         """Close the connections to Redis."""
