@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import httpx
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.routing import Mount
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.middleware.ratelimit import RateStore
 from gateway.middleware.request_id import RequestIdMiddleware
@@ -26,7 +26,7 @@ from gateway.settings import RouteSettings, Settings, TimeoutSettings, load_sett
 from gateway.stack import StackBuilder
 from gateway.transport import UpstreamTransport
 
-__all__ = ["Gateway", "build_gateway", "close_websockets", "create_app"]
+__all__ = ["Gateway", "build_gateway", "close_websockets", "create_app", "reload_app"]
 
 
 def _timeout(timeouts: TimeoutSettings) -> httpx.Timeout:
@@ -58,12 +58,16 @@ def make_transport(settings: Settings) -> UpstreamTransport:
 
 @dataclass
 class Gateway:
-    """The parts of a gateway that need closing or draining at shutdown."""
+    """One configuration's request path (``app``) and what needs closing at its end."""
 
+    app: ASGIApp
     router: Router
     transport: httpx.AsyncBaseTransport
     bridges: list[WebSocketProxy] = field(default_factory=list)
     stores: list[RateStore] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Start background work (nothing yet besides what is created lazily)."""
 
     async def aclose(self) -> None:
         """Close backend connections and rate-limit stores."""
@@ -97,7 +101,16 @@ def build_gateway(settings: Settings) -> Gateway:
             ws_app = builder.wrap(bridge, route, index)
         routes.append(Route(route.prefix, http_app, ws_app, route.strip_prefix))
     builder.check()
-    return Gateway(Router(routes), transport, bridges, builder.stores)
+    router = Router(routes)
+    app: ASGIApp = router
+    if settings.request_id.enabled:
+        # Outside the routes, so every answer - a 404 too - carries the id.
+        app = RequestIdMiddleware(
+            router,
+            header=settings.request_id.header,
+            trust_incoming=settings.request_id.trust_incoming,
+        )
+    return Gateway(app, router, transport, bridges, builder.stores)
 
 
 def websocket_bridge(settings: Settings, route: RouteSettings) -> WebSocketProxy:
@@ -115,37 +128,52 @@ def websocket_bridge(settings: Settings, route: RouteSettings) -> WebSocketProxy
     )
 
 
+class _Live:
+    """The live configuration's request path; ``reload_app`` swaps it between requests."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        # Replaced configurations: closed at shutdown, once nothing can still use them.
+        self.retired: list[Gateway] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.gateway.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The gateway as an ASGI app; ``settings`` default to ``load_settings()``."""
     if settings is None:
         settings = load_settings()
-    gateway = build_gateway(settings)
+    live = _Live(build_gateway(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await live.gateway.start()
         try:
             yield
         finally:
-            await gateway.aclose()
+            for gateway in [live.gateway, *live.retired]:
+                await gateway.aclose()
 
-    middleware = []
-    if settings.request_id.enabled:
-        middleware.append(
-            Middleware(
-                RequestIdMiddleware,
-                header=settings.request_id.header,
-                trust_incoming=settings.request_id.trust_incoming,
-            )
-        )
-    app = Starlette(
-        routes=[Mount("", app=gateway.router)], middleware=middleware, lifespan=lifespan
-    )
-    app.state.settings = settings
-    app.state.gateway = gateway
+    app = Starlette(routes=[Mount("", app=live)], lifespan=lifespan)
+    app.state.live = live
     return app
+
+
+async def reload_app(app: Starlette, settings: Settings) -> None:
+    """Switch ``app`` to ``settings``; requests and sessions in flight keep the old ones.
+
+    Raises ConfigError (and changes nothing) if the new settings do not build.
+    """
+    live: _Live = app.state.live
+    gateway = build_gateway(settings)
+    await gateway.start()
+    live.retired.append(live.gateway)
+    live.gateway = gateway
 
 
 async def close_websockets(app: Starlette, grace_s: float) -> None:
     """Let open WebSocket sessions end within ``grace_s``, then close them with 1001."""
-    gateway: Gateway = app.state.gateway
-    await asyncio.gather(*(bridge.shutdown(grace_s=grace_s) for bridge in gateway.bridges))
+    live: _Live = app.state.live
+    bridges = [bridge for g in [live.gateway, *live.retired] for bridge in g.bridges]
+    await asyncio.gather(*(bridge.shutdown(grace_s=grace_s) for bridge in bridges))

@@ -1,93 +1,40 @@
-"""``gateway run | check | cert | demo``: the only module that starts servers."""
+"""``gateway run | check | reload | cert | demo | hash-password``: the command line.
+
+Commands validate everything before any socket opens; ``gateway.server`` runs uvicorn.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import functools
 import getpass
 import logging
-import multiprocessing
 import os
 import signal
-import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import uvicorn
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-
-from gateway.app import build_gateway, close_websockets, create_app
+from gateway.app import build_gateway
 from gateway.demo import demo_app
 from gateway.middleware.auth import hash_password
-from gateway.proxy.websocket_rules import wire_max_size
+from gateway.server import (
+    bind,
+    bind_listeners,
+    configure_logging,
+    gateway_servers,
+    plain_server,
+    run_servers,
+    run_worker,
+    run_workers,
+    uvicorn_config,
+)
 from gateway.settings import ConfigError, Settings, load_settings, to_toml
-from gateway.tls import CertificatePair, RedirectToHttps, dev_certificate, harden, write_self_signed
+from gateway.tls import CertificatePair, dev_certificate, write_self_signed
 
 __all__ = ["main"]
 
 logger = logging.getLogger("gateway")
-
-
-class _Config(uvicorn.Config):
-    """uvicorn's Config with the TLS context hardened (TLS 1.2+, ALPN http/1.1)."""
-
-    def load(self) -> None:
-        super().load()
-        if self.ssl is not None:
-            harden(self.ssl)
-
-
-class _Server(uvicorn.Server):
-    """A uvicorn Server that leaves signal handling to ``_serve`` (it owns several servers).
-
-    ``before_shutdown`` runs after the listeners stop accepting and before uvicorn
-    closes connections itself (which would close WebSockets with 1012).
-    """
-
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        before_shutdown: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        super().__init__(config)
-        self._before_shutdown = before_shutdown
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if self._before_shutdown is not None:
-            for server in self.servers:
-                server.close()
-            await self._before_shutdown()
-        await super().shutdown(sockets)
-
-
-class _WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, with the handshake marked complete after a
-    refusal sent through ``websocket.http.response`` (as uvicorn's wsproto protocol does;
-    uvicorn PR #3138). Without it every refused handshake (403 for a foreign Origin, the
-    backend's own refusal) is also logged as "returned without completing handshake"."""
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
-            self.handshake_complete = True
-
-
-@dataclass(frozen=True)
-class Listener:
-    """A bound socket and what serves it."""
-
-    sock: socket.socket
-    redirect: bool
 
 
 def state_dir() -> Path:
@@ -128,166 +75,6 @@ def check_certificate(pair: CertificatePair | None, where: str) -> list[str]:
     return []
 
 
-def bind(host: str, port: int, key: str, where: str) -> socket.socket:
-    """A listening socket on host:port; ConfigError naming ``key`` if that fails."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            [f"{where}: {key}: cannot listen on {host}:{port}: {exc.strerror}"]
-        ) from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def bind_listeners(settings: Settings, where: str) -> list[Listener]:
-    """Bind every configured listener, or raise ConfigError (closing what was bound)."""
-    listen = settings.listen
-    listeners = [Listener(bind(listen.host, listen.port, "listen.port", where), redirect=False)]
-    if listen.redirect_port is not None:
-        try:
-            sock = bind(listen.host, listen.redirect_port, "listen.redirect_port", where)
-        except ConfigError:
-            listeners[0].sock.close()
-            raise
-        listeners.append(Listener(sock, redirect=True))
-    return listeners
-
-
-def uvicorn_config(
-    app: object, settings: Settings, pair: CertificatePair | None, *, access_log: bool = False
-) -> uvicorn.Config:
-    """uvicorn settings for a gateway listener: fastest loop/parser available, our TLS."""
-    return _Config(
-        app,  # type: ignore[arg-type]
-        loop="auto",
-        http="auto",
-        ws=_WebSocketProtocol,
-        lifespan="on",
-        ssl_certfile=str(pair.certfile) if pair else None,
-        ssl_keyfile=str(pair.keyfile) if pair else None,
-        # The backend's Date and Server pass through; uvicorn adding its own would duplicate them.
-        server_header=False,
-        date_header=False,
-        # Forwarding headers are the gateway's own business (trusted_proxies).
-        proxy_headers=False,
-        # websockets checks the limit on compressed frames, which deflate can make a
-        # little larger than the message; the bridge enforces the exact limit itself.
-        ws_max_size=wire_max_size(settings.websocket.max_message_bytes),
-        ws_ping_interval=settings.websocket.ping_interval_s,
-        ws_ping_timeout=settings.websocket.ping_timeout_s,
-        h11_max_incomplete_event_size=settings.limits.max_header_bytes,
-        timeout_graceful_shutdown=int(settings.timeouts.shutdown_grace_s),
-        access_log=access_log,
-        log_config=None,
-    )
-
-
-async def _serve(servers: list[tuple[uvicorn.Server, list[socket.socket]]]) -> None:
-    """Serve all ``servers`` until SIGINT/SIGTERM, or until any of them stops."""
-    loop = asyncio.get_running_loop()
-
-    def stop() -> None:
-        for server, _ in servers:
-            server.should_exit = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
-    tasks = [asyncio.create_task(server.serve(sockets=socks)) for server, socks in servers]
-    try:
-        # If one listener fails, stop the others rather than serve half a gateway.
-        for finished in asyncio.as_completed(tasks):
-            await finished
-            stop()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-
-
-ServerList = list[tuple[uvicorn.Server, list[socket.socket]]]
-
-
-def run_worker(settings: Settings, pair: CertificatePair | None, listeners: list[Listener]) -> None:
-    """Serve ``listeners`` in this process until SIGTERM/SIGINT."""
-    configure_logging(settings)
-    run_servers(gateway_servers(settings, pair, listeners))
-
-
-def gateway_servers(
-    settings: Settings, pair: CertificatePair | None, listeners: list[Listener]
-) -> ServerList:
-    """A uvicorn server for each listener: the gateway app, or the https redirect."""
-    servers: ServerList = []
-    for listener in listeners:
-        if listener.redirect:
-            https_port = settings.listen.public_port or settings.listen.port
-            redirect = uvicorn_config(RedirectToHttps(https_port), settings, None)
-            redirect.lifespan = "off"
-            servers.append((_Server(redirect), [listener.sock]))
-            continue
-        app = create_app(settings)
-        config = uvicorn_config(app, settings, pair, access_log=settings.log.access_log)
-        grace_s = settings.timeouts.shutdown_grace_s
-        server = _Server(config, before_shutdown=functools.partial(close_websockets, app, grace_s))
-        servers.append((server, [listener.sock]))
-    return servers
-
-
-def run_servers(servers: ServerList) -> None:
-    """Run ``servers`` in one event loop (uvloop when installed) until a signal stops them."""
-    with (
-        contextlib.suppress(KeyboardInterrupt),
-        asyncio.Runner(loop_factory=_loop_factory()) as runner,
-    ):
-        runner.run(_serve(servers))
-
-
-def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.Loop
-
-
-def configure_logging(settings: Settings) -> None:
-    """One plain log format for the gateway's and uvicorn's loggers."""
-    logging.basicConfig(
-        level=settings.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def run_workers(
-    settings: Settings, pair: CertificatePair | None, listeners: list[Listener], workers: int
-) -> int:
-    """Run ``workers`` processes sharing the listening sockets; forward signals to them."""
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=run_worker, args=(settings, pair, listeners), daemon=False)
-        for _ in range(workers)
-    ]
-    for process in processes:
-        process.start()
-
-    def forward(sig: int, frame: object) -> None:
-        for process in processes:
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, sig)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
-    for process in processes:
-        process.join()
-    return max((abs(p.exitcode or 0) for p in processes), default=0)
-
-
 def _load(path: str | None) -> tuple[Settings, str]:
     """Settings from ``path``, checked as far as building the app (middleware arguments)."""
     settings = load_settings(path)
@@ -312,9 +99,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     listen = settings.listen
     port = listeners[0].sock.getsockname()[1]
     logger.info("gateway listening on %s://%s:%d/", scheme, listen.host, port)
-    if args.workers > 1:
-        return run_workers(settings, pair, listeners, args.workers)
-    run_worker(settings, pair, listeners)
+    pid_file = Path(args.pid_file) if args.pid_file else state_dir() / "gateway.pid"
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    try:
+        if args.workers > 1:
+            return run_workers(settings, pair, listeners, args.workers, args.config)
+        run_worker(settings, pair, listeners, args.config)
+    finally:
+        pid_file.unlink(missing_ok=True)
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask a running gateway (found by its pid file) to reload: SIGHUP."""
+    pid_file = Path(args.pid_file) if args.pid_file else state_dir() / "gateway.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        raise ConfigError([f"reload: no running gateway found via {pid_file}: {exc}"]) from None
+    print(f"sent SIGHUP to gateway process {pid}")
     return 0
 
 
@@ -360,9 +165,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ConfigError:
         backend.close()
         raise
-    backend_config = uvicorn_config(demo_app(), settings, None)
-    backend_config.lifespan = "off"
-    servers = [(_Server(backend_config), [backend]), *gateway_servers(settings, pair, listeners)]
+    servers = [
+        plain_server(uvicorn_config(demo_app(), settings, None), backend),
+        *gateway_servers(settings, pair, listeners),
+    ]
     host = "localhost" if args.host in ("127.0.0.1", "::1", "localhost") else args.host
     print(
         f"echo backend on http://127.0.0.1:{args.backend_port}/ (plain HTTP + ws://)\n"
@@ -396,7 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gateway")
     run.add_argument("-c", "--config", help="settings file (TOML); default: $GATEWAY_CONFIG")
     run.add_argument("--workers", type=_positive, default=1, help="worker processes (default 1)")
+    run.add_argument("--pid-file", help="default: $GATEWAY_STATE_DIR/gateway.pid")
     run.set_defaults(func=cmd_run)
+
+    reload = sub.add_parser("reload", help="make a running gateway re-read settings (SIGHUP)")
+    reload.add_argument("--pid-file", help="default: $GATEWAY_STATE_DIR/gateway.pid")
+    reload.set_defaults(func=cmd_reload)
 
     check = sub.add_parser("check", help="validate settings and print the effective configuration")
     check.add_argument("-c", "--config", help="settings file (TOML); default: $GATEWAY_CONFIG")

@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from gateway.app import create_app
-from gateway.cli import uvicorn_config
+from gateway.server import uvicorn_config
 from gateway.settings import Settings
 from gateway.tls import CertificatePair
 from tests.servers import Backend, plain_config, run_server

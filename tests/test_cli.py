@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -21,15 +18,9 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from gateway.tls import CertificatePair
-from tests.servers import Backend
+from tests.servers import Backend, free_port, gateway_process
 
 GATEWAY = [sys.executable, "-m", "gateway"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def gateway_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -85,40 +76,6 @@ def test_cert_writes_a_usable_localhost_certificate(tmp_path: Path) -> None:
     )
 
 
-async def wait_for_port(port: int, process: asyncio.subprocess.Process) -> None:
-    for _ in range(200):
-        if process.returncode is not None:
-            raise AssertionError(f"gateway exited with {process.returncode}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
-    raise AssertionError(f"nothing listens on {port}")
-
-
-@asynccontextmanager
-async def gateway_process(
-    args: list[str], port: int, env: dict[str, str]
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    process = await asyncio.create_subprocess_exec(
-        *args, env={**os.environ, **env}, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        await wait_for_port(port, process)
-        yield process
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
 async def test_run_makes_a_dev_certificate_redirects_and_stops_on_sigterm(
     backend: Backend, tmp_path: Path
 ) -> None:
@@ -132,7 +89,7 @@ async def test_run_makes_a_dev_certificate_redirects_and_stops_on_sigterm(
     async with gateway_process([*GATEWAY, "run", "-c", str(config)], port, env) as process:
         dev = tmp_path / "state" / "dev-cert" / "cert.pem"
         context = ssl.create_default_context(cafile=dev)
-        async with httpx.AsyncClient(verify=context) as client:
+        async with httpx.AsyncClient(verify=context, timeout=30) as client:
             response = await client.get(f"https://localhost:{port}/echo")
             assert response.status_code == 200
             moved = await client.get(f"http://localhost:{redirect}/a/b?c=1")
@@ -157,7 +114,7 @@ async def test_run_with_two_workers(
         "GATEWAY_ROUTES": f'[{{"prefix": "/", "upstream": "http://127.0.0.1:{backend.port}"}}]',
     }
     async with gateway_process([*GATEWAY, "run", "--workers", "2"], port, env) as process:
-        async with httpx.AsyncClient(verify=client_ssl) as client:
+        async with httpx.AsyncClient(verify=client_ssl, timeout=30) as client:
             for _ in range(5):
                 response = await client.get(f"https://localhost:{port}/echo")
                 assert response.status_code == 200
@@ -178,7 +135,7 @@ async def test_uvicorn_factory_with_its_own_ssl_flags(
     ]  # fmt: skip
     async with (
         gateway_process(args, port, {"GATEWAY_CONFIG": str(config)}),
-        httpx.AsyncClient(verify=client_ssl) as client,
+        httpx.AsyncClient(verify=client_ssl, timeout=30) as client,
     ):
         response = await client.get(f"https://127.0.0.1:{port}/echo")
     assert response.status_code == 200

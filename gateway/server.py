@@ -1,0 +1,388 @@
+"""Running the gateway under uvicorn: listeners, workers, signals, reload, certificate reload.
+
+The only module that starts servers (``cli`` parses commands and calls it).  One
+process serves every listener in one event loop; ``--workers N`` runs N such processes
+on the same sockets.  Signals: SIGTERM/SIGINT stop gracefully (in-flight requests get
+``timeouts.shutdown_grace_s``, WebSocket sessions then close with 1001); SIGHUP reloads
+the settings file and the certificate.  The certificate files are also watched: new
+TLS handshakes use a changed certificate within a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from gateway.app import close_websockets, create_app, reload_app
+from gateway.proxy.websocket_rules import wire_max_size
+from gateway.settings import ConfigError, Settings, load_settings
+from gateway.tls import CertificatePair, RedirectToHttps, harden
+
+__all__ = [
+    "Listener",
+    "Reloader",
+    "bind",
+    "bind_listeners",
+    "configure_logging",
+    "gateway_servers",
+    "plain_server",
+    "run_servers",
+    "run_worker",
+    "run_workers",
+    "uvicorn_config",
+]
+
+logger = logging.getLogger("gateway")
+
+CERT_POLL_S = 2.0
+
+
+class _Config(uvicorn.Config):
+    """uvicorn's Config with the TLS context hardened (TLS 1.2+, ALPN http/1.1)."""
+
+    def load(self) -> None:
+        super().load()
+        if self.ssl is not None:
+            harden(self.ssl)
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn Server that leaves signal handling to ``_serve`` (it owns several servers).
+
+    ``before_shutdown`` runs after the listeners stop accepting and before uvicorn
+    closes connections itself (which would close WebSockets with 1012).
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        before_shutdown: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self._before_shutdown = before_shutdown
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._before_shutdown is not None:
+            for server in self.servers:
+                server.close()
+            await self._before_shutdown()
+        await super().shutdown(sockets)
+
+
+class _WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol, with the handshake marked complete after a
+    refusal sent through ``websocket.http.response`` (as uvicorn's wsproto protocol does;
+    uvicorn PR #3138). Without it every refused handshake (403 for a foreign Origin, the
+    backend's own refusal) is also logged as "returned without completing handshake"."""
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            self.handshake_complete = True
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A bound socket and what serves it."""
+
+    sock: socket.socket
+    redirect: bool
+
+
+def bind(host: str, port: int, key: str, where: str) -> socket.socket:
+    """A listening socket on host:port; ConfigError naming ``key`` if that fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            [f"{where}: {key}: cannot listen on {host}:{port}: {exc.strerror}"]
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def bind_listeners(settings: Settings, where: str) -> list[Listener]:
+    """Bind every configured listener, or raise ConfigError (closing what was bound)."""
+    listen = settings.listen
+    listeners = [Listener(bind(listen.host, listen.port, "listen.port", where), redirect=False)]
+    if listen.redirect_port is not None:
+        try:
+            sock = bind(listen.host, listen.redirect_port, "listen.redirect_port", where)
+        except ConfigError:
+            listeners[0].sock.close()
+            raise
+        listeners.append(Listener(sock, redirect=True))
+    return listeners
+
+
+def uvicorn_config(
+    app: object, settings: Settings, pair: CertificatePair | None, *, access_log: bool = False
+) -> uvicorn.Config:
+    """uvicorn settings for a gateway listener: fastest loop/parser available, our TLS."""
+    return _Config(
+        app,  # type: ignore[arg-type]
+        loop="auto",
+        http="auto",
+        ws=_WebSocketProtocol,
+        lifespan="on",
+        ssl_certfile=str(pair.certfile) if pair else None,
+        ssl_keyfile=str(pair.keyfile) if pair else None,
+        # The backend's Date and Server pass through; uvicorn adding its own would duplicate them.
+        server_header=False,
+        date_header=False,
+        # Forwarding headers are the gateway's own business (trusted_proxies).
+        proxy_headers=False,
+        # websockets checks the limit on compressed frames, which deflate can make a
+        # little larger than the message; the bridge enforces the exact limit itself.
+        ws_max_size=wire_max_size(settings.websocket.max_message_bytes),
+        ws_ping_interval=settings.websocket.ping_interval_s,
+        ws_ping_timeout=settings.websocket.ping_timeout_s,
+        h11_max_incomplete_event_size=settings.limits.max_header_bytes,
+        # uvicorn's annotation says int, but any number of seconds works; 0 would mean
+        # "no limit" to it, so the smallest grace is one millisecond.
+        timeout_graceful_shutdown=max(settings.timeouts.shutdown_grace_s, 0.001),  # type: ignore[arg-type]
+        access_log=access_log,
+        log_config=None,
+    )
+
+
+ServerList = list[tuple[uvicorn.Server, list[socket.socket]]]
+
+
+@dataclass
+class Reloader:
+    """Re-reads settings (SIGHUP) and certificates (on change) for this process's apps.
+
+    A new configuration is built completely before it replaces the old one; an invalid
+    file is logged line by line and the running configuration kept.  Requests and
+    WebSocket sessions in flight finish on the configuration they started with.
+    """
+
+    config_path: str | None
+    settings: Settings
+    pair: CertificatePair | None
+    apps: list[Starlette] = field(default_factory=list)
+    configs: list[uvicorn.Config] = field(default_factory=list)
+    _stamp: tuple[int, int, int, int] | None = None
+
+    async def reload(self) -> bool:
+        """Apply the settings file again; False (and errors logged) if it is invalid."""
+        where = self.config_path or os.environ.get("GATEWAY_CONFIG") or "environment"
+        try:
+            settings = load_settings(self.config_path)
+            for app in self.apps:
+                await reload_app(app, settings)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                logger.error("reload rejected, configuration kept: %s", problem)
+            return False
+        if settings.listen != self.settings.listen:
+            logger.warning("reload: [listen] changes take effect after a restart")
+        self.settings = settings
+        logger.info("reloaded settings from %s", where)
+        self.reload_certificate()
+        return True
+
+    def _certificate_stamp(self) -> tuple[int, int, int, int] | None:
+        if self.pair is None:
+            return None
+        try:
+            cert, key = self.pair.certfile.stat(), self.pair.keyfile.stat()
+        except OSError:
+            return None
+        return (cert.st_mtime_ns, cert.st_size, key.st_mtime_ns, key.st_size)
+
+    def reload_certificate(self) -> bool:
+        """Load the certificate files into the live TLS contexts if they changed and load."""
+        stamp = self._certificate_stamp()
+        if self.pair is None or stamp is None or stamp == self._stamp:
+            return False
+        contexts = [config.ssl for config in self.configs if config.ssl is not None]
+        try:
+            # A trial context first: a half-written or mismatched pair must not go live.
+            trial = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            trial.load_cert_chain(self.pair.certfile, self.pair.keyfile)
+            for context in contexts:
+                # New handshakes use the new chain; open connections keep theirs.
+                context.load_cert_chain(self.pair.certfile, self.pair.keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            logger.warning("certificate not reloaded (will retry): %s", exc)
+            return False
+        first = self._stamp is None
+        self._stamp = stamp
+        if not first:
+            logger.info("certificate reloaded from %s", self.pair.certfile)
+        return True
+
+    async def watch_certificates(self, interval_s: float = CERT_POLL_S) -> None:
+        """Poll the certificate files and reload them when they change."""
+        self._stamp = self._certificate_stamp()
+        while True:
+            await asyncio.sleep(interval_s)
+            self.reload_certificate()
+
+
+async def _serve(servers: ServerList, reloader: Reloader | None = None) -> None:
+    """Serve all ``servers`` until SIGINT/SIGTERM, or until any of them stops."""
+    loop = asyncio.get_running_loop()
+    background: set[asyncio.Task[Any]] = set()
+
+    def stop() -> None:
+        for server, _ in servers:
+            server.should_exit = True
+
+    def reload() -> None:
+        if reloader is not None:
+            task = asyncio.create_task(reloader.reload())
+            background.add(task)
+            task.add_done_callback(background.discard)
+
+    signals = {signal.SIGINT: stop, signal.SIGTERM: stop, signal.SIGHUP: reload}
+    for sig, handler in signals.items():
+        loop.add_signal_handler(sig, handler)
+    if reloader is not None and reloader.pair is not None:
+        background.add(asyncio.create_task(reloader.watch_certificates()))
+    tasks = [asyncio.create_task(server.serve(sockets=socks)) for server, socks in servers]
+    try:
+        # If one listener fails, stop the others rather than serve half a gateway.
+        for finished in asyncio.as_completed(tasks):
+            await finished
+            stop()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+
+
+def run_worker(
+    settings: Settings,
+    pair: CertificatePair | None,
+    listeners: list[Listener],
+    config_path: str | None = None,
+) -> None:
+    """Serve ``listeners`` in this process until SIGTERM/SIGINT; SIGHUP reloads."""
+    configure_logging(settings)
+    reloader = Reloader(config_path, settings, pair)
+    run_servers(gateway_servers(settings, pair, listeners, reloader), reloader)
+
+
+def gateway_servers(
+    settings: Settings,
+    pair: CertificatePair | None,
+    listeners: list[Listener],
+    reloader: Reloader | None = None,
+) -> ServerList:
+    """A uvicorn server for each listener: the gateway app, or the https redirect."""
+    servers: ServerList = []
+    for listener in listeners:
+        if listener.redirect:
+            https_port = settings.listen.public_port or settings.listen.port
+            redirect = uvicorn_config(RedirectToHttps(https_port), settings, None)
+            servers.append(plain_server(redirect, listener.sock))
+            continue
+        app = create_app(settings)
+        config = uvicorn_config(app, settings, pair, access_log=settings.log.access_log)
+        grace_s = settings.timeouts.shutdown_grace_s
+        server = _Server(config, before_shutdown=functools.partial(close_websockets, app, grace_s))
+        servers.append((server, [listener.sock]))
+        if reloader is not None:
+            reloader.apps.append(app)
+            reloader.configs.append(config)
+    return servers
+
+
+def plain_server(
+    config: uvicorn.Config, sock: socket.socket
+) -> tuple[uvicorn.Server, list[socket.socket]]:
+    """A server without lifespan or shutdown hooks (redirect listener, demo backend)."""
+    config.lifespan = "off"
+    return _Server(config), [sock]
+
+
+def run_servers(servers: ServerList, reloader: Reloader | None = None) -> None:
+    """Run ``servers`` in one event loop (uvloop when installed) until a signal stops them."""
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=_loop_factory()) as runner,
+    ):
+        runner.run(_serve(servers, reloader))
+
+
+def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.Loop
+
+
+def configure_logging(settings: Settings) -> None:
+    """One plain log format for the gateway's and uvicorn's loggers."""
+    logging.basicConfig(
+        level=settings.log.level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_workers(
+    settings: Settings,
+    pair: CertificatePair | None,
+    listeners: list[Listener],
+    workers: int,
+    config_path: str | None = None,
+) -> int:
+    """Run ``workers`` processes sharing the listening sockets; forward signals to them."""
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(
+            target=run_worker, args=(settings, pair, listeners, config_path), daemon=False
+        )
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    stopping: list[int] = []
+
+    def forward(sig: int, frame: object) -> None:
+        if sig in stop_signals:
+            stopping.append(sig)
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, sig)
+
+    for sig in (*stop_signals, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for process in processes:
+        process.join()
+    # A worker still starting up when asked to stop dies of that signal: that is a clean stop.
+    clean = {0, *(-sig for sig in stopping)}
+    return max((abs(p.exitcode or 0) for p in processes if p.exitcode not in clean), default=0)
