@@ -1,0 +1,1 @@
+"""The gateway benchmark harness: backends, targets, scenarios, report. Entry point: bench/run."""

@@ -1,0 +1,110 @@
+"""Scenarios: what is measured, with which tool, and which figures each one yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure of a scenario. ``higher_is_better`` decides how ratios and the chart read."""
+
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    proxy_only: bool = False  # memory and CPU of the proxy process: no value for direct
+    digits: int = 0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    title: str
+    kind: str  # http | ws-echo | ws-idle | stream
+    metrics: tuple[Metric, ...]
+    tls: bool = False
+    params: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> Metric:
+        return self.metrics[0]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Durations and sizes: the full run, or --quick for CI."""
+
+    rounds: int = 3
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    connections: int = 32
+    ws_message_bytes: int = 128
+    idle_sessions: int = 1000
+    stream_bytes: int = 1024**3
+
+    @classmethod
+    def quick(cls) -> Profile:
+        return cls(
+            rounds=1, duration_s=1.0, warmup_s=0.0, idle_sessions=100, stream_bytes=16 * 1024**2
+        )
+
+
+REQ_S = Metric("req_per_s", "throughput", "req/s", True)
+HTTP_P99 = Metric("p99_ms", "p99 latency", "ms", False, digits=2)
+HTTP_CPU = Metric("req_per_cpu_s", "proxy CPU efficiency", "req/CPU-s", True, proxy_only=True)
+MSG_S = Metric("msgs_per_s", "throughput", "msg/s", True)
+WS_P50 = Metric("p50_ms", "p50 round trip", "ms", False, digits=3)
+WS_P99 = Metric("p99_ms", "p99 round trip", "ms", False, digits=3)
+WS_CPU = Metric("msgs_per_cpu_s", "proxy CPU efficiency", "msg/CPU-s", True, proxy_only=True)
+KIB_SESSION = Metric(
+    "kib_per_session", "RSS per idle session", "KiB", False, proxy_only=True, digits=1
+)
+MB_S = Metric("mb_per_s", "throughput", "MB/s", True)
+PEAK_RSS = Metric("peak_rss_mib", "proxy peak RSS", "MiB", False, proxy_only=True, digits=1)
+
+
+def _http(name: str, title: str, path: str, method: str, body: int, tls: bool) -> Scenario:
+    suffix = "tls" if tls else "plain"
+    return Scenario(
+        f"{name}-{suffix}",
+        f"{title} ({'TLS' if tls else 'plain'})",
+        "http",
+        (REQ_S, HTTP_P99, HTTP_CPU),
+        tls=tls,
+        params={"path": path, "method": method, "body_bytes": body},
+    )
+
+
+def all_scenarios() -> list[Scenario]:
+    http = [
+        _http(name, title, path, method, body, tls)
+        for tls in (False, True)
+        for name, title, path, method, body in (
+            ("get-small", "GET 100 B", "/small", "GET", 0),
+            ("get-64k", "GET 64 KiB", "/64k", "GET", 0),
+            ("post-64k", "POST 64 KiB", "/64k", "POST", 64 * 1024),
+        )
+    ]
+    ws = [
+        Scenario(
+            f"ws-echo-{n}",
+            f"WebSocket echo, {n} session{'s' if n > 1 else ''}",
+            "ws-echo",
+            (MSG_S, WS_P50, WS_P99, WS_CPU),
+            params={"sessions": n},
+        )
+        for n in (1, 64)
+    ]
+    idle = [Scenario("ws-idle", "Idle WebSocket sessions", "ws-idle", (KIB_SESSION,))]
+    stream = [
+        Scenario(
+            f"stream-{direction}",
+            f"Streamed {direction}",
+            "stream",
+            (MB_S, PEAK_RSS),
+            params={"direction": direction},
+        )
+        for direction in ("upload", "download")
+    ]
+    return [*http, *ws, *idle, *stream]
