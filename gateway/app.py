@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from gateway.proxy.websocket import WebSocketProxy
 from gateway.routing import Route, Router
 from gateway.settings import RouteSettings, Settings, TimeoutSettings, load_settings
 from gateway.stack import StackBuilder
+from gateway.static import static_app
 from gateway.transport import UpstreamTransport
 
 __all__ = ["Gateway", "build_gateway", "close_websockets", "create_app", "reload_app"]
@@ -84,8 +86,17 @@ def build_gateway(settings: Settings) -> Gateway:
     bridges = []
     for index, route in enumerate(settings.routes):
         timeouts = route.timeouts or settings.timeouts
-        http_app = None
-        if route.http:
+        http_app: ASGIApp | None = None
+        ws_app: ASGIApp | None = None
+        if route.root is not None:
+            # A directory served by the gateway itself (nginx root/index); no WebSocket.
+            files = builder.make(
+                f"routes.{index}.root",
+                functools.partial(static_app, route.root, index=route.index),
+            )
+            http_app = None if files is None else builder.wrap(files, route, index)
+        elif route.http:
+            assert route.upstream is not None
             proxy = ReverseProxy(
                 route.upstream,
                 transport=transport,
@@ -94,12 +105,13 @@ def build_gateway(settings: Settings) -> Gateway:
                 rewrite_location=settings.forwarding.rewrite_location,
             )
             http_app = builder.wrap(proxy, route, index)
-        ws_app = None
-        if route.websocket:
+        if route.upstream is not None and route.websocket:
             bridge = websocket_bridge(settings, route)
             bridges.append(bridge)
             ws_app = builder.wrap(bridge, route, index)
-        routes.append(Route(route.prefix, http_app, ws_app, route.strip_prefix))
+        routes.append(
+            Route(route.prefix, http_app, ws_app, route.strip_prefix, hosts=tuple(route.hosts))
+        )
     builder.check()
     router = Router(routes)
     app: ASGIApp = router
@@ -117,6 +129,7 @@ def websocket_bridge(settings: Settings, route: RouteSettings) -> WebSocketProxy
     """The WebSocket bridge of a route."""
     ws = settings.websocket
     timeouts = route.timeouts or settings.timeouts
+    assert route.upstream is not None
     return WebSocketProxy(
         route.upstream,
         forwarding=_forwarding(settings, route),

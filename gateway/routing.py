@@ -1,25 +1,120 @@
-"""The route table: path-prefix matching and dispatch to each route's apps."""
+"""The route table: host and path-prefix matching, and dispatch to each route's apps.
+
+Precedence, like nginx choosing a ``server_name`` and then a ``location``:
+
+1. Host rank. Routes that name the request's host exactly come first; then wildcard
+   routes (``*.example.com``: any subdomain at any depth, never the apex), the longest
+   suffix first (``*.api.example.com`` before ``*.example.com``); then routes without
+   hosts, which take any host.
+2. Within one host rank, the longest path prefix wins (on segment boundaries:
+   ``/api`` matches ``/api`` and ``/api/x``, not ``/apix``); equal prefixes keep the
+   order they were given in.
+
+The first route in that order whose prefix matches is the answer. Unlike nginx, a host
+whose routes do not cover the path falls through to the next rank (so a host-specific
+``/v2`` route can sit on top of a catch-all site); a route ``/`` with neither app for
+that host gives it nginx's isolation (404 for everything else). A route is matched on
+host and path only: if it has no app for the request's kind (HTTP or WebSocket) the
+answer is 404, not a shorter route.
+
+Hosts compare case-insensitively against the Host header without its port (``[::1]:8443``
+is ``[::1]``) and without one trailing dot. A request without Host only matches routes
+without hosts; one with several Host headers gets 400 when any route names hosts.
+
+Everything that can be is worked out when the table is built: routes are grouped by exact
+host in a dict and by wildcard suffix in another, each group sorted once, so one request
+costs a header scan, one dict lookup per wildcard depth in use and a few ``startswith``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ipaddress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.responses import send_text
 
-__all__ = ["Route", "Router", "match_route", "prefix_matches"]
+__all__ = [
+    "Route",
+    "RouteTable",
+    "Router",
+    "match_route",
+    "normalise_host",
+    "normalise_host_pattern",
+    "prefix_matches",
+]
+
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def normalise_host(value: str) -> str:
+    """A Host header value as routes compare it: lower case, no port, no trailing dot.
+
+    ``"Example.COM:8443"`` -> ``"example.com"``, ``"[::1]:8443"`` -> ``"[::1]"``.
+    """
+    host = value.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    colon = host.rfind(":")
+    if colon != -1:
+        host = host[:colon]
+    if host.endswith("."):
+        host = host[:-1]
+    return host
+
+
+def normalise_host_pattern(pattern: str) -> str:
+    """A route's host pattern checked and normalised; ValueError names a bad one.
+
+    Exact names (``example.com``, ``127.0.0.1``, ``[::1]`` or ``::1``) and leading
+    wildcards (``*.example.com``) are allowed; no ports, no other wildcards. Non-ASCII
+    names become their IDNA (punycode) form, which is what clients send.
+    """
+    text = pattern.strip().lower()
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1]
+    wildcard = text.startswith("*.")
+    name = text[2:] if wildcard else text
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"host pattern {pattern!r} is not a valid host name") from None
+    if not wildcard and ":" in name:
+        bracketed = name.startswith("[") and name.endswith("]")
+        try:
+            ipaddress.IPv6Address(name[1:-1] if bracketed else name)
+        except ValueError:
+            raise ValueError(
+                f"host pattern {pattern!r}: hosts are matched without a port"
+            ) from None
+        return name if bracketed else f"[{name}]"
+    if not name or not set(name) <= _HOST_CHARS or "" in name.split("."):
+        hint = " (only a leading '*.' wildcard is supported)" if "*" in name else ""
+        raise ValueError(f"host pattern {pattern!r} is not a valid host name{hint}")
+    return f"*.{name}" if wildcard else name
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Requests under ``prefix`` go to ``http`` (plain requests) or ``websocket`` (upgrades)."""
+    """Requests for ``hosts`` under ``prefix`` go to ``http`` (plain) or ``websocket`` (upgrades).
+
+    ``hosts`` empty means any host. ``strip_prefix`` hands the app the path below the
+    prefix (as ASGI ``root_path``), like nginx ``proxy_pass http://backend/``.
+    """
 
     prefix: str
     http: ASGIApp | None
     websocket: ASGIApp | None
     strip_prefix: bool = False
+    hosts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        hosts = tuple(dict.fromkeys(normalise_host_pattern(host) for host in self.hosts))
+        object.__setattr__(self, "hosts", hosts)
 
 
 def prefix_matches(prefix: str, path: str) -> bool:
@@ -32,29 +127,118 @@ def prefix_matches(prefix: str, path: str) -> bool:
     return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")
 
 
-def match_route(routes: Sequence[Route], path: str) -> Route | None:
-    """The route with the longest prefix that matches ``path``; ``routes`` sorted longest first."""
-    for route in routes:
+def _longest_prefix(routes: tuple[Route, ...], path: str) -> Route | None:
+    for route in routes:  # sorted longest prefix first
         if prefix_matches(route.prefix, path):
             return route
     return None
 
 
+def _by_prefix(routes: list[Route]) -> tuple[Route, ...]:
+    # sorted() is stable: equal prefixes keep their configured order.
+    return tuple(sorted(routes, key=lambda route: len(route.prefix), reverse=True))
+
+
+class RouteTable:
+    """Routes indexed for matching: exact hosts, wildcard suffixes, any host."""
+
+    __slots__ = ("_any", "_exact", "_longest_suffix", "_wildcard", "routes", "uses_hosts")
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes = tuple(routes)
+        exact: dict[str, list[Route]] = {}
+        wildcard: dict[str, list[Route]] = {}
+        any_host: list[Route] = []
+        for route in self.routes:
+            if not route.hosts:
+                any_host.append(route)
+            for pattern in route.hosts:
+                if pattern.startswith("*."):
+                    wildcard.setdefault(pattern[2:], []).append(route)
+                else:
+                    exact.setdefault(pattern, []).append(route)
+        self._exact = {host: _by_prefix(group) for host, group in exact.items()}
+        self._wildcard = {suffix: _by_prefix(group) for suffix, group in wildcard.items()}
+        self._any = _by_prefix(any_host)
+        self._longest_suffix = max(map(len, self._wildcard), default=0)
+        self.uses_hosts = bool(exact or wildcard)
+
+    def __repr__(self) -> str:
+        return f"RouteTable({list(self.routes)!r})"
+
+    def match(self, host: str | None, path: str) -> Route | None:
+        """The route for ``host`` (a Host header value, or None) and ``path``; see the module."""
+        if host and self.uses_hosts:
+            name = normalise_host(host)
+            group = self._exact.get(name)
+            if group is not None and (route := _longest_prefix(group, path)) is not None:
+                return route
+            if self._wildcard and (route := self._match_wildcard(name, path)) is not None:
+                return route
+        return _longest_prefix(self._any, path)
+
+    def _match_wildcard(self, name: str, path: str) -> Route | None:
+        # Only suffixes as long as a configured one can match: start the search for the
+        # separating dot there, so a hostile Host of many dots costs nothing extra.
+        dot = name.find(".", max(1, len(name) - self._longest_suffix - 1))
+        while dot != -1:
+            if name[dot - 1] != ".":  # the label before the suffix must not be empty
+                group = self._wildcard.get(name[dot + 1 :])
+                if group is not None and (route := _longest_prefix(group, path)) is not None:
+                    return route
+            dot = name.find(".", dot + 1)
+        return None
+
+
+def match_route(routes: RouteTable | Sequence[Route], host: str | None, path: str) -> Route | None:
+    """The most specific route for a Host header value and a path (precedence: see the module).
+
+    Pass a prebuilt :class:`RouteTable`; a plain sequence is indexed on every call.
+    """
+    table = routes if isinstance(routes, RouteTable) else RouteTable(routes)
+    return table.match(host, path)
+
+
+class _Ambiguous:
+    """Marker for a request with more than one Host header."""
+
+
+_AMBIGUOUS = _Ambiguous()
+
+
+def _host_header(scope: Scope) -> str | _Ambiguous | None:
+    found: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"host":
+            if found is not None:
+                return _AMBIGUOUS
+            found = value
+    return None if found is None else found.decode("latin-1")
+
+
 class Router:
     """ASGI dispatcher over a route table; unmatched requests get 404 from the gateway."""
 
-    def __init__(self, routes: Sequence[Route]) -> None:
-        self.routes = sorted(routes, key=lambda route: len(route.prefix), reverse=True)
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.table = RouteTable(routes)
+        self.routes = self.table.routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
             return
+        host = None
+        if self.table.uses_hosts:
+            header = _host_header(scope)
+            if isinstance(header, _Ambiguous):
+                await send_text(scope, send, 400, "400 Bad Request: more than one Host header")
+                return
+            host = header
         root_path: str = scope.get("root_path", "")
         path: str = scope["path"]
         # Under a mount, ASGI paths include root_path; match on the part below it.
         local = path[len(root_path) :] if root_path and path.startswith(root_path) else path
-        route = match_route(self.routes, local or "/")
+        route = self.table.match(host, local or "/")
         app = None if route is None else (route.http if kind == "http" else route.websocket)
         if route is None or app is None:
             await send_text(scope, send, 404)

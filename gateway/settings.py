@@ -28,6 +28,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.routing import normalise_host_pattern
+
 __all__ = [
     "ConfigError",
     "ForwardingSettings",
@@ -249,7 +251,12 @@ class RouteSettings(_Section):
     """
 
     prefix: str = "/"
-    upstream: str
+    # Host patterns ("example.com", "*.example.com"); empty: any host.
+    hosts: list[str] = Field(default_factory=list)
+    # Exactly one of: a backend URL, or a directory to serve (nginx root/index).
+    upstream: str | None = None
+    root: Path | None = None
+    index: list[str] = Field(default_factory=lambda: ["index.html"])
     strip_prefix: bool = False
     # None keeps the client's Host header (nginx: proxy_set_header Host $http_host).
     host_header: str | None = None
@@ -273,9 +280,29 @@ class RouteSettings(_Section):
 
     @field_validator("upstream")
     @classmethod
-    def _check_upstream(cls, value: str) -> str:
+    def _check_upstream(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         check_upstream_url(value)
         return value.rstrip("/")
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, values: list[str]) -> list[str]:
+        return [normalise_host_pattern(value) for value in values]
+
+    @field_validator("root")
+    @classmethod
+    def _check_root(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a directory")
+        return value
+
+    @model_validator(mode="after")
+    def _upstream_or_root(self) -> RouteSettings:
+        if (self.upstream is None) == (self.root is None):
+            raise ValueError("set exactly one of upstream (a backend URL) and root (a directory)")
+        return self
 
 
 class WebSocketSettings(_Section):
@@ -325,11 +352,13 @@ class Settings(BaseSettings):
     def _check_routes(cls, routes: list[RouteSettings]) -> list[RouteSettings]:
         if not routes:
             raise ValueError("at least one route is needed")
-        seen: set[str] = set()
+        seen: set[tuple[str, tuple[str, ...]]] = set()
         for route in routes:
-            if route.prefix in seen:
-                raise ValueError(f"prefix {route.prefix!r} appears twice")
-            seen.add(route.prefix)
+            key = (route.prefix, tuple(sorted(route.hosts)))
+            if key in seen:
+                hosts = f" for hosts {route.hosts}" if route.hosts else ""
+                raise ValueError(f"prefix {route.prefix!r}{hosts} appears twice")
+            seen.add(key)
         return routes
 
     @classmethod
@@ -382,13 +411,20 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    listen = data.get("listen")
-    if not isinstance(listen, dict):
-        return
-    for key in ("certfile", "keyfile"):
-        value = listen.get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            listen[key] = str(base / value)
+    """Relative file names in the file are relative to the file's folder (like nginx)."""
+
+    def resolve(table: Any, *keys: str) -> None:
+        if not isinstance(table, dict):
+            return
+        for key in keys:
+            value = table.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute():
+                table[key] = str(base / value)
+
+    resolve(data.get("listen"), "certfile", "keyfile")
+    routes = data.get("routes")
+    for route in routes if isinstance(routes, list) else []:
+        resolve(route, "root")
 
 
 def _describe(where: str, exc: ValidationError) -> list[str]:

@@ -77,7 +77,8 @@ class StackBuilder:
             # A route builds its stack twice (HTTP and WebSocket): report each problem once.
             raise ConfigError(list(dict.fromkeys(self.problems)))
 
-    def _make(self, key: str, factory: Callable[[], T]) -> T | None:
+    def make(self, key: str, factory: Callable[[], T]) -> T | None:
+        """``factory()``, or None with the problem recorded under ``key``."""
         try:
             return factory()
         except (ValueError, TypeError) as exc:
@@ -117,7 +118,7 @@ class StackBuilder:
         )
         response_set.update(headers.response_set)
         app = (
-            self._make(
+            self.make(
                 own("headers"),
                 lambda: HeadersMiddleware(
                     app,
@@ -134,7 +135,7 @@ class StackBuilder:
         )
         origin = route.origin or s.origin
         app = (
-            self._make(
+            self.make(
                 own("origin"),
                 lambda: OriginCheckMiddleware(
                     app,
@@ -148,7 +149,7 @@ class StackBuilder:
         auth = route.auth or s.auth
         if auth is not None and auth.basic_users:
             app = (
-                self._make(
+                self.make(
                     own("auth"),
                     lambda: BasicAuthMiddleware(
                         app,
@@ -161,7 +162,7 @@ class StackBuilder:
             )
         elif auth is not None and auth.bearer_tokens:
             app = (
-                self._make(
+                self.make(
                     own("auth"),
                     lambda: BearerTokenMiddleware(
                         app,
@@ -178,7 +179,7 @@ class StackBuilder:
         ip = route.ip or s.ip
         if ip.allow or ip.deny:
             app = (
-                self._make(
+                self.make(
                     own("ip"),
                     lambda: IPFilterMiddleware(
                         app, allow=ip.allow, deny=ip.deny, trusted_proxies=trusted
@@ -197,7 +198,7 @@ class StackBuilder:
         rate_per_s = limit.rate_per_s
         assert rate_per_s is not None
         return (
-            self._make(
+            self.make(
                 key,
                 lambda: RateLimitMiddleware(
                     app,
@@ -222,7 +223,7 @@ class StackBuilder:
         store: RateStore | None
         if limit.redis_url:
             url = limit.redis_url
-            store = self._make(f"{key}.redis_url", lambda: RedisStore(url))
+            store = self.make(f"{key}.redis_url", lambda: RedisStore(url))
         else:
             store = MemoryStore()
         if store is not None:
@@ -232,8 +233,8 @@ class StackBuilder:
         return store
 
     def _user(self, app: ASGIApp, spec: MiddlewareSpec, key: str) -> ASGIApp | None:
-        factory = self._make(f"{key}.path", lambda: load_middleware(spec.path))
+        factory = self.make(f"{key}.path", lambda: load_middleware(spec.path))
         if factory is None:
             return None
         options: dict[str, Any] = spec.options
-        return self._make(f"{key}.options", lambda: factory(app, **options))
+        return self.make(f"{key}.options", lambda: factory(app, **options))

@@ -107,3 +107,38 @@ async def test_route_sections_replace_global_ones(
     assert "x-frame-options" not in allowed.headers
     assert header_values(allowed.json(), "authorization") == []
     assert len(backend.requests) == 2
+
+
+async def test_hosts_and_static_routes_from_settings(
+    backend: Backend,
+    gateway_factory: GatewayFactory,
+    client: httpx.AsyncClient,
+    tmp_path: pytest.TempPathFactory,
+) -> None:
+    site = tmp_path / "site"  # type: ignore[operator]
+    site.mkdir()
+    (site / "index.html").write_text("<h1>home</h1>")
+    upstream = f"http://127.0.0.1:{backend.port}"
+    routes = [
+        {"prefix": "/", "hosts": ["api.example.com"], "upstream": upstream},
+        {"prefix": "/", "hosts": ["*.example.com"], "root": str(site)},
+        {"prefix": "/", "upstream": upstream, "host_header": "fallback"},
+    ]
+    async with gateway_factory(upstream, routes=routes) as url:
+        api = await client.get(f"{url}/echo", headers={"Host": "API.example.com:8443"})
+        page = await client.get(f"{url}/", headers={"Host": "www.example.com"})
+        other = await client.get(f"{url}/echo", headers={"Host": "example.org"})
+    assert header_values(api.json(), "host") == ["API.example.com:8443"]
+    assert page.text == "<h1>home</h1>"
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert header_values(other.json(), "host") == ["fallback"]
+
+
+def test_route_needs_upstream_or_root_and_valid_hosts(tmp_path: pytest.TempPathFactory) -> None:
+    with pytest.raises(ValueError, match="exactly one of upstream"):
+        Settings(routes=[{"prefix": "/"}])
+    with pytest.raises(ValueError, match="is not a directory"):
+        Settings(routes=[{"prefix": "/", "root": "/no/such/dir"}])
+    with pytest.raises(ValueError, match="example"):
+        Settings(routes=[{"prefix": "/", "hosts": ["example.*"], "upstream": "http://a"}])
