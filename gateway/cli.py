@@ -180,6 +180,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_echo(args: argparse.Namespace) -> int:
+    """Only the demo's echo backend (plain HTTP + ws://), e.g. as a container."""
+    settings = Settings()
+    configure_logging(settings)
+    sock = bind(args.host, args.port, "--port", "echo")
+    print(f"echo backend on http://{args.host}:{args.port}/ (plain HTTP + ws://)", flush=True)
+    run_servers([plain_server(uvicorn_config(demo_app(), settings, None), sock)])
+    return 0
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     """Print a password hash for ``auth.basic_users`` (password from stdin or a prompt)."""
     if sys.stdin.isatty():
@@ -218,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8443, help="gateway https port (default 8443)")
     demo.add_argument("--backend-port", type=int, default=8080, help="echo backend port (8080)")
     demo.set_defaults(func=cmd_demo)
+
+    echo = sub.add_parser("echo", help="only the demo echo backend (HTTP page + WebSocket echo)")
+    echo.add_argument("--host", default="127.0.0.1")
+    echo.add_argument("--port", type=int, default=8080)
+    echo.set_defaults(func=cmd_echo)
 
     hashing = sub.add_parser("hash-password", help="hash a password for auth.basic_users")
     hashing.set_defaults(func=cmd_hash_password)
