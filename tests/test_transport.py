@@ -99,7 +99,7 @@ class Backend:
                 "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
                 "size": size,
                 "sha256": digest.hexdigest(),
-                "client_port": scope["client"][1],
+                "client_port": scope["client"][1] if scope["client"] else None,  # None: Unix
             }
         ).encode()
         headers = [(b"content-type", b"application/json")]
@@ -1154,3 +1154,41 @@ async def test_unsupported_scheme() -> None:
     async with UpstreamTransport() as transport:
         with pytest.raises(httpx.UnsupportedProtocol):
             await transport.handle_async_request(httpx.Request("GET", "ftp://127.0.0.1/"))
+
+
+async def test_unix_socket_upstream(tmp_path: Any) -> None:
+    path = str(tmp_path / "backend.sock")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(path)
+    sock.listen(16)
+    backend = Backend()
+    config = uvicorn.Config(backend, http="httptools", lifespan="off", log_level="warning")
+    server = backend.server = QuietServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await eventually(lambda: server.started)
+        async with UpstreamTransport() as transport:
+            for _ in range(2):
+                info = await fetch_json(
+                    transport,
+                    "POST",
+                    "http://localhost/upload",
+                    content=BLOCK,
+                    extensions={"unix_socket": path},
+                )
+                assert info["sha256"] == pattern_sha256(len(BLOCK))
+            assert stats(transport)["connections"] == 1  # kept alive, keyed by the path
+            # The same URL without the extension is another origin (and nothing listens).
+            with pytest.raises(httpx.ConnectError):
+                await fetch(transport, "GET", f"http://127.0.0.1:{free_port()}/info")
+            with pytest.raises(httpx.UnsupportedProtocol, match="Unix socket"):
+                await fetch(
+                    transport, "GET", "https://localhost/", extensions={"unix_socket": path}
+                )
+            missing = str(tmp_path / "missing.sock")
+            with pytest.raises(httpx.ConnectError, match="unix:"):
+                await fetch(transport, "GET", "http://x/", extensions={"unix_socket": missing})
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

@@ -1,8 +1,10 @@
-"""ReverseProxy: an ASGI app that forwards each HTTP exchange to one backend over httpx.
+"""ReverseProxy: an ASGI app that forwards each HTTP exchange to a backend over httpx.
 
 Bodies stream both ways with bounded memory; headers follow the rules in
 ``forwarding``; backend failures become 502/504 with a short body, in one place
-(``error_status``).
+(``error_status``). The backend is one URL, or an `Upstream` of several targets: then
+each request goes to the target its balancing policy picks, failed attempts move on to
+the next target where ``gateway.upstream`` allows it, and no available target is a 503.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -23,13 +26,18 @@ from gateway.proxy.forwarding import (
     strip_root_path,
 )
 from gateway.responses import send_text
+from gateway.upstream import Peer, Upstream, client_address, failure_kind, may_retry
 
-__all__ = ["DEFAULT_TIMEOUT", "ReverseProxy", "error_status"]
+__all__ = ["DEFAULT_TIMEOUT", "UPSTREAM_ERROR_STATE_KEY", "ReverseProxy", "error_status"]
 
 logger = logging.getLogger("gateway.proxy")
 
 # nginx's proxy_connect_timeout / proxy_read_timeout / proxy_send_timeout.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)
+
+# Where a failed exchange leaves its backend errors for the metrics middleware:
+# the exception, a list of them when attempts were retried, or "no_healthy_target".
+UPSTREAM_ERROR_STATE_KEY = "upstream_error"
 
 
 class RequestBodyTooLarge(Exception):
@@ -55,17 +63,19 @@ def default_transport(timeout: httpx.Timeout) -> httpx.AsyncBaseTransport:
 
 
 class ReverseProxy:
-    """Forward HTTP requests to ``upstream`` (``http[s]://host[:port][/base]``).
+    """Forward HTTP requests to ``upstream``: ``http[s]://host[:port][/base]`` or an `Upstream`.
 
     Usable on its own (``uvicorn module:proxy``) or mounted under a prefix in any
-    ASGI app: the mount prefix (``root_path``) is removed before forwarding.  It
-    needs no lifespan events: the transport is created on first use and closed by
-    ``aclose()``.
+    ASGI app: the mount prefix (``root_path``) is removed before forwarding.  With a
+    URL it needs no lifespan events: the transport is created on first use and closed
+    by ``aclose()``.  An `Upstream` brings its own transport (``transport`` must then
+    be None) and is started and closed by its owner, or by this app's lifespan events
+    when it runs on its own.
     """
 
     def __init__(
         self,
-        upstream: str,
+        upstream: str | Upstream,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
@@ -73,13 +83,23 @@ class ReverseProxy:
         max_body_bytes: int | None = None,
         rewrite_location: bool = True,
     ) -> None:
-        parts = urlsplit(upstream)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"upstream {upstream!r} must be an absolute http(s) URL")
-        self.upstream = upstream.rstrip("/")
-        self._base_path = parts.path.rstrip("/").encode("utf-8")
-        self._upstream_host = parts.netloc.encode("idna")
-        self._origin_url = httpx.URL(f"{parts.scheme}://{parts.netloc}/")
+        self.pool: Upstream | None = None
+        self.upstream: str | Upstream
+        if isinstance(upstream, Upstream):
+            if transport is not None:
+                raise ValueError("an Upstream brings its transport: pass it to Upstream(...)")
+            self.pool = self.upstream = upstream
+            self._endpoints = [_Endpoint(peer) for peer in upstream.peers]
+            upstream_url = ""
+        else:
+            parts = urlsplit(upstream)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"upstream {upstream!r} must be an absolute http(s) URL")
+            self.upstream = upstream_url = upstream.rstrip("/")
+            self._base_path = parts.path.rstrip("/").encode("utf-8")
+            self._upstream_host = parts.netloc.encode("idna")
+            self._origin_url = httpx.URL(f"{parts.scheme}://{parts.netloc}/")
+        self._upstream_url = upstream_url
         self._transport = transport
         self._owns_transport = transport is None
         self.timeout = timeout
@@ -94,19 +114,24 @@ class ReverseProxy:
     @property
     def transport(self) -> httpx.AsyncBaseTransport:
         """The transport to the backend, created on first use."""
+        if self.pool is not None:
+            return self.pool.transport
         if self._transport is None:
             self._transport = default_transport(self.timeout)
         return self._transport
 
     async def aclose(self) -> None:
-        """Close the transport if this proxy created it."""
+        """Close the transport if this proxy created it (an `Upstream` is closed by its owner)."""
         if self._transport is not None and self._owns_transport:
             await self._transport.aclose()
             self._transport = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._forward(scope, receive, send)
+            if self.pool is None:
+                await self._forward(scope, receive, send)
+            else:
+                await self._forward_balanced(scope, receive, send, self.pool)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
         elif scope["type"] == "websocket":
@@ -117,9 +142,13 @@ class ReverseProxy:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.pool is not None:
+                    await self.pool.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
+                if self.pool is not None:
+                    await self.pool.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -169,6 +198,7 @@ class ReverseProxy:
             return
         except httpx.HTTPError as exc:
             status = error_status(exc)
+            _note_error(scope, exc)
             logger.warning(
                 "%s %s -> %s failed: %s: %s",
                 scope["method"],
@@ -182,19 +212,156 @@ class ReverseProxy:
             )
             return
         try:
-            await self._respond(scope, receive, send, response)
+            await self._respond(scope, receive, send, response, self._upstream_url)
         finally:
             await response.aclose()
 
+    # -- an Upstream of several targets ------------------------------------------------
+
+    def _build_target_request(
+        self,
+        scope: Scope,
+        endpoint: _Endpoint,
+        body: _RequestBody | None,
+        chunked: bool,
+    ) -> httpx.Request:
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        target = endpoint.base_path + strip_root_path(raw_path, scope.get("root_path", ""))
+        if scope["query_string"]:
+            target += b"?" + scope["query_string"]
+        client = scope.get("client")
+        headers = request_headers(
+            scope["headers"],
+            peer=client[0] if client else None,
+            scheme="https" if scope["scheme"] in ("https", "wss") else "http",
+            upstream_host=endpoint.host,
+            options=self.forwarding,
+        )
+        if chunked:
+            headers.append((b"transfer-encoding", b"chunked"))
+        extensions: dict[str, Any] = {"timeout": self._timeout_ext, "target": target}
+        if endpoint.unix_path is not None:
+            extensions["unix_socket"] = endpoint.unix_path
+        return httpx.Request(
+            scope["method"],
+            endpoint.origin_url,
+            headers=headers,
+            stream=body if body is not None else httpx.ByteStream(b""),
+            extensions=extensions,
+        )
+
+    async def _forward_balanced(
+        self, scope: Scope, receive: Receive, send: Send, pool: Upstream
+    ) -> None:
+        """Forward to the target the policy picks; move on to the next one where safe."""
+        if self.max_body_bytes is not None and _declared_length(scope) > self.max_body_bytes:
+            await send_text(scope, send, 413)
+            return
+        client_ip = client_address(scope) if pool.balance == "ip_hash" else None
+        framing = _body_framing(scope["headers"])
+        # One body stream for every attempt: it knows whether the client's bytes started
+        # to flow, after which the request can no longer be replayed elsewhere.
+        body = None if framing is None else _RequestBody(receive, self.max_body_bytes)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + pool.try_timeout_s
+        tried: list[int] = []
+        last_error: httpx.HTTPError | None = None
+        while True:
+            peer = pool.select(client_ip, tried)
+            if peer is None:
+                break
+            tried.append(peer.index)
+            endpoint = self._endpoints[peer.index]
+            request = self._build_target_request(scope, endpoint, body, framing == b"chunked")
+            try:
+                response = await pool.transport.handle_async_request(request)
+            except RequestBodyTooLarge:
+                pool.release(peer)
+                await send_text(scope, send, 413)
+                return
+            except ClientDisconnected:
+                pool.release(peer)
+                return
+            except httpx.HTTPError as exc:
+                pool.release(peer)
+                last_error = exc
+                if not self._retry_after_failure(scope, pool, peer, exc, body, tried, deadline):
+                    break
+                continue
+            except BaseException:
+                pool.release(peer)
+                raise
+            pool.succeeded(peer)
+            try:
+                await self._respond(scope, receive, send, response, endpoint.base_url)
+            finally:
+                await response.aclose()
+                pool.release(peer)
+            return
+        if last_error is not None:  # the last attempt's failure is the answer
+            status = error_status(last_error)
+            if peer is None:
+                logger.warning(
+                    "%s %s -> upstream %r: no other target available",
+                    scope["method"],
+                    scope["path"],
+                    pool,
+                )
+            retry_after = str(pool.retry_after_s()).encode()
+            headers = [(b"retry-after", retry_after)] if status == 503 else []
+            await send_text(scope, send, status, headers=headers)
+            return
+        _note_error(scope, "no_healthy_target")
+        logger.warning(
+            "%s %s -> upstream %r: no target available", scope["method"], scope["path"], pool
+        )
+        retry_after = str(pool.retry_after_s()).encode()
+        await send_text(scope, send, 503, headers=[(b"retry-after", retry_after)])
+
+    def _retry_after_failure(
+        self,
+        scope: Scope,
+        pool: Upstream,
+        peer: Peer,
+        exc: httpx.HTTPError,
+        body: _RequestBody | None,
+        tried: list[int],
+        deadline: float,
+    ) -> bool:
+        """Report a failed attempt; True if the request may go to another target."""
+        kind = failure_kind(exc)
+        pool.failed(peer, kind or type(exc).__name__, f"{type(exc).__name__}: {exc}")
+        _note_error(scope, exc)
+        retry = (
+            may_retry(scope["method"], kind, body is not None and body.started)
+            and len(tried) < pool.max_tries
+            and asyncio.get_running_loop().time() < deadline
+        )
+        logger.warning(
+            "%s %s -> %s failed: %s: %s%s",
+            scope["method"],
+            scope["path"],
+            peer.target.url,
+            type(exc).__name__,
+            exc,
+            "; trying another target" if retry else "",
+        )
+        return retry
+
     async def _respond(
-        self, scope: Scope, receive: Receive, send: Send, response: httpx.Response
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        response: httpx.Response,
+        upstream_base: str,
     ) -> None:
         public_base = None
         if self.rewrite_location:
             public_base = _public_base(scope)
         headers = response_headers(
             response.headers.raw,
-            upstream_base=self.upstream if public_base is not None else None,
+            upstream_base=upstream_base if public_base is not None else None,
             public_base=public_base,
             via=self.forwarding.via,
         )
@@ -219,10 +386,36 @@ class ReverseProxy:
                 "%s %s <- %s response body failed: %s: %s",
                 scope["method"],
                 scope["path"],
-                self.upstream,
+                upstream_base,
                 type(exc).__name__,
                 exc,
             )
+
+
+class _Endpoint:
+    """What requests to one target of an `Upstream` are built from, worked out once."""
+
+    __slots__ = ("base_path", "base_url", "host", "origin_url", "unix_path")
+
+    def __init__(self, peer: Peer) -> None:
+        target = peer.target
+        self.origin_url = peer.origin_url
+        self.base_path = target.base_path.encode("utf-8")
+        self.host = target.authority.encode("idna")
+        self.base_url = target.base_url
+        self.unix_path = target.unix_path
+
+
+def _note_error(scope: Scope, error: BaseException | str) -> None:
+    """Leave ``error`` for the metrics middleware (a list once there are several)."""
+    state = scope.setdefault("state", {})
+    previous = state.get(UPSTREAM_ERROR_STATE_KEY)
+    if previous is None:
+        state[UPSTREAM_ERROR_STATE_KEY] = error
+    elif isinstance(previous, list):
+        previous.append(error)
+    else:
+        state[UPSTREAM_ERROR_STATE_KEY] = [previous, error]
 
 
 async def _stream_rest(chunks: AsyncIterator[bytes], receive: Receive, send: Send) -> None:
@@ -282,13 +475,19 @@ def _public_base(scope: Scope) -> str | None:
 
 
 class _RequestBody(httpx.AsyncByteStream):
-    """The client's request body as an async byte stream, read on demand."""
+    """The client's request body as an async byte stream, read on demand.
+
+    ``started`` turns True when the first message is taken from the client: from then
+    on the body cannot be sent again (it is never buffered).
+    """
 
     def __init__(self, receive: Receive, limit: int | None) -> None:
         self._receive = receive
         self._limit = limit
+        self.started = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.started = True
         received = 0
         more = True
         while more:

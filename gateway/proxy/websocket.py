@@ -21,6 +21,12 @@ pings with ``ping_interval_s``).  At most one message per direction is in flight
 next message is read only after the previous one was written, and both legs stop
 reading when their peer does not (uvicorn pauses the client socket, websockets buffers
 ``max_queue`` frames), so a slow reader slows the writer.
+
+With an `Upstream` of several targets, each session goes to the target the balancing
+policy picks (``ip_hash`` keeps a client on one target; ``least_conn`` counts open
+sessions); a handshake that fails without an answer from the backend (refused,
+unreachable, timed out, not WebSocket) is tried on the next target, within the
+upstream's ``max_tries`` and ``try_timeout_s``; no available target is a 503.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers as WsHeaders
 from websockets.datastructures import HeadersLike
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.frames import CloseCode
 from websockets.http11 import USER_AGENT, Request
 from websockets.typing import Subprotocol
@@ -50,13 +56,16 @@ from gateway.proxy.websocket_rules import (
     accept_headers,
     backend_target,
     gateway_error,
+    handshake_failure_kind,
     handshake_headers,
     is_websocket_upgrade,
     map_backend_error,
+    no_target_available,
     relay_client_close,
     utf8_size,
     wire_max_size,
 )
+from gateway.upstream import Peer, Target, Upstream, client_address
 
 __all__ = ["WebSocketProxy", "is_websocket_upgrade", "wire_max_size"]
 
@@ -130,17 +139,43 @@ class _Ending:
         return cls((code, reason), (code, reason))
 
 
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    """Where the backend leg of a session goes: one URL, or one target of an `Upstream`."""
+
+    uri: str  # ws[s]://authority/ (ws://localhost/ for a Unix socket)
+    base_path: bytes
+    host: bytes  # the Host to send when the client sent none, or the route overrides it
+    unix_path: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+    @classmethod
+    def of_target(cls, target: Target, ssl_context: ssl.SSLContext | None) -> _Endpoint:
+        scheme = "wss" if target.scheme == "https" else "ws"
+        return cls(
+            f"{scheme}://{target.authority}/",
+            target.base_path.encode("utf-8"),
+            target.authority.encode("idna"),
+            target.unix_path,
+            ssl_context if scheme == "wss" else None,
+        )
+
+
 class WebSocketProxy:
-    """Bridge WebSocket sessions to ``upstream`` (``ws[s]://`` or ``http[s]://host[:port][/base]``).
+    """Bridge WebSocket sessions to ``upstream``: ``ws[s]://`` or ``http[s]://host[:port][/base]``,
+    or an `Upstream` of several targets.
 
     A plain ASGI app: usable on its own or mounted under a prefix, which is removed
     from the path (``root_path``) before the backend URL is built.  See the module
-    docstring for the close-code mapping and the limits the server must share.
+    docstring for the close-code mapping and the limits the server must share.  With
+    an `Upstream`, TLS to ``wss`` targets follows the upstream's settings
+    (``backend_ssl`` must be None) and the upstream is started and closed by its owner,
+    or by this app's lifespan events when it runs on its own.
     """
 
     def __init__(
         self,
-        upstream: str,
+        upstream: str | Upstream,
         *,
         forwarding: ForwardingOptions | None = None,
         backend_compression: bool = False,
@@ -155,18 +190,40 @@ class WebSocketProxy:
         max_message_bytes: int = 1024 * 1024,
         max_queue: int = 16,
     ) -> None:
-        parts = urlsplit(upstream)
-        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-        if scheme not in ("ws", "wss") or not parts.hostname:
-            raise ValueError(
-                f"upstream {upstream!r} must be an absolute ws(s):// or http(s):// URL"
-            )
-        if parts.username or parts.password or parts.query or parts.fragment:
-            raise ValueError(f"upstream {upstream!r} must not have credentials, query or fragment")
-        try:
-            parts.port  # noqa: B018 - urlsplit checks the port lazily
-        except ValueError as exc:
-            raise ValueError(f"upstream {upstream!r}: {exc}") from None
+        self.pool: Upstream | None = None
+        self.upstream: str | Upstream
+        if isinstance(upstream, Upstream):
+            if backend_ssl is not None:
+                raise ValueError("an Upstream brings its TLS settings: pass them to Upstream(...)")
+            self.pool = self.upstream = upstream
+            self._endpoints = [
+                _Endpoint.of_target(peer.target, upstream.ssl_context) for peer in upstream.peers
+            ]
+        else:
+            parts = urlsplit(upstream)
+            scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+            if scheme not in ("ws", "wss") or not parts.hostname:
+                raise ValueError(
+                    f"upstream {upstream!r} must be an absolute ws(s):// or http(s):// URL"
+                )
+            if parts.username or parts.password or parts.query or parts.fragment:
+                raise ValueError(
+                    f"upstream {upstream!r} must not have credentials, query or fragment"
+                )
+            try:
+                parts.port  # noqa: B018 - urlsplit checks the port lazily
+            except ValueError as exc:
+                raise ValueError(f"upstream {upstream!r}: {exc}") from None
+            self.upstream = upstream.rstrip("/")
+            self._endpoints = [
+                _Endpoint(
+                    f"{scheme}://{parts.netloc}/",
+                    parts.path.rstrip("/").encode("utf-8"),
+                    parts.netloc.encode("idna"),
+                    None,
+                    backend_ssl,
+                )
+            ]
         for key, value in (
             ("open_timeout_s", open_timeout_s),
             ("idle_timeout_s", idle_timeout_s),
@@ -180,10 +237,6 @@ class WebSocketProxy:
             raise ValueError(f"max_message_bytes must be >= 1, got {max_message_bytes!r}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue!r}")
-        self.upstream = upstream.rstrip("/")
-        self._backend_uri = f"{scheme}://{parts.netloc}/"
-        self._base_path = parts.path.rstrip("/").encode("utf-8")
-        self._upstream_host = parts.netloc.encode("idna")
         self.forwarding = forwarding if forwarding is not None else ForwardingOptions()
         self.backend_compression = backend_compression
         self.backend_ssl = backend_ssl
@@ -242,18 +295,20 @@ class WebSocketProxy:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.pool is not None:
+                    await self.pool.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.shutdown()
+                if self.pool is not None:
+                    await self.pool.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _open(self, scope: Scope) -> _BackendConnect:
+    def _open(self, scope: Scope, endpoint: _Endpoint) -> _BackendConnect:
         """A websockets ``connect`` for this client's handshake (raises ValueError on bad input)."""
-        target = backend_target(scope, self._base_path)
-        headers = handshake_headers(
-            scope, upstream_host=self._upstream_host, options=self.forwarding
-        )
+        target = backend_target(scope, endpoint.base_path)
+        headers = handshake_headers(scope, upstream_host=endpoint.host, options=self.forwarding)
         host = next((value.decode("latin-1") for name, value in headers if name == b"host"), None)
         extra = [
             (name.decode("latin-1"), value.decode("latin-1"))
@@ -262,10 +317,12 @@ class WebSocketProxy:
         ]
         subprotocols = [Subprotocol(name) for name in scope.get("subprotocols", ())]
         options: dict[str, Any] = {}
-        if self._backend_uri.startswith("wss:"):
-            options["ssl"] = self.backend_ssl if self.backend_ssl is not None else True
+        if endpoint.uri.startswith("wss:"):
+            options["ssl"] = endpoint.ssl_context if endpoint.ssl_context is not None else True
+        if endpoint.unix_path is not None:
+            options.update(unix=True, path=endpoint.unix_path)
         return _BackendConnect(
-            self._backend_uri,
+            endpoint.uri,
             request_target=target,
             host_header=host,
             subprotocols=subprotocols or None,
@@ -327,6 +384,7 @@ class _Session:
         self.last_activity = loop.time()
         self.finished: asyncio.Future[None] = loop.create_future()
         self._stop: asyncio.Future[tuple[int, str]] = loop.create_future()
+        self.peer: Peer | None = None  # the upstream target in use, released at the end
 
     def stop(self, code: int, reason: str) -> None:
         """Ask the session to close both legs with ``code`` (used by ``shutdown``)."""
@@ -343,6 +401,8 @@ class _Session:
             if backend is not None:
                 await self._bridge(backend)
         finally:
+            if self.peer is not None and self.proxy.pool is not None:
+                self.proxy.pool.release(self.peer)
             self._stop.cancel()
             self.finished.set_result(None)
             self._log(time.monotonic() - started)
@@ -352,17 +412,12 @@ class _Session:
         if self.proxy._closing:
             await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
             return None
-        try:
-            opener = self.proxy._open(self.scope)
-        except ValueError as exc:
-            await self._refuse(gateway_error(400, "bad request"), str(exc))
-            return None
-        try:
-            backend = await opener
-        except Exception as exc:  # the websockets -> HTTP boundary: see map_backend_error
-            if not isinstance(exc, OSError | WebSocketException):
-                logger.exception("unexpected error opening the WebSocket backend leg")
-            await self._refuse(map_backend_error(exc), f"{type(exc).__name__}: {exc}")
+        pool = self.proxy.pool
+        if pool is None:
+            backend = await self._connect(self.proxy._endpoints[0])
+        else:
+            backend = await self._connect_balanced(pool)
+        if backend is None:
             return None
         if self._stop.done():  # shutdown() began while we were connecting
             await backend.close(*self._stop.result())
@@ -382,6 +437,72 @@ class _Session:
             await self._close_backend(backend, relay_client_close(CloseCode.ABNORMAL_CLOSURE, ""))
             return None
         return backend
+
+    async def _connect(self, endpoint: _Endpoint) -> ClientConnection | None:
+        """Open the backend leg to the one backend, or refuse the client; None if refused."""
+        try:
+            opener = self.proxy._open(self.scope, endpoint)
+        except ValueError as exc:
+            await self._refuse(gateway_error(400, "bad request"), str(exc))
+            return None
+        try:
+            return await opener
+        except Exception as exc:  # the websockets -> HTTP boundary: see map_backend_error
+            if not isinstance(exc, OSError | WebSocketException):
+                logger.exception("unexpected error opening the WebSocket backend leg")
+            await self._refuse(map_backend_error(exc), f"{type(exc).__name__}: {exc}")
+            return None
+
+    async def _connect_balanced(self, pool: Upstream) -> ClientConnection | None:
+        """Open the backend leg to a target of ``pool``, moving on while handshakes fail."""
+        client_ip = client_address(self.scope) if pool.balance == "ip_hash" else None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + pool.try_timeout_s
+        tried: list[int] = []
+        failure: Exception | None = None
+        while (peer := pool.select(client_ip, tried)) is not None:
+            tried.append(peer.index)
+            try:
+                opener = self.proxy._open(self.scope, self.proxy._endpoints[peer.index])
+            except ValueError as exc:  # the client's request cannot be sent anywhere
+                pool.release(peer)
+                await self._refuse(gateway_error(400, "bad request"), str(exc))
+                return None
+            try:
+                backend = await opener
+            except Exception as exc:  # the websockets -> HTTP boundary: see map_backend_error
+                pool.release(peer)
+                kind = handshake_failure_kind(exc)
+                if kind is None:  # the backend's refusal, passed on as it is; or a bug
+                    if isinstance(exc, InvalidStatus):
+                        pool.succeeded(peer)
+                    else:
+                        logger.exception("unexpected error opening the WebSocket backend leg")
+                    await self._refuse(map_backend_error(exc), f"{type(exc).__name__}: {exc}")
+                    return None
+                detail = f"{type(exc).__name__}: {exc}"
+                pool.failed(peer, kind, detail)
+                failure = exc
+                retry = len(tried) < pool.max_tries and loop.time() < deadline
+                logger.warning(
+                    "websocket path=%s -> %s failed: %s%s",
+                    self.scope.get("path", ""),
+                    peer.target.url,
+                    detail,
+                    "; trying another target" if retry else "",
+                )
+                if not retry:
+                    break
+                continue
+            pool.succeeded(peer)
+            self.peer = peer
+            return backend
+        if failure is not None:
+            await self._refuse(map_backend_error(failure), f"{type(failure).__name__}: {failure}")
+        else:
+            retry_after = pool.retry_after_s()
+            await self._refuse(no_target_available(retry_after), f"no target available in {pool!r}")
+        return None
 
     async def _refuse(self, failure: BackendFailure, detail: str) -> None:
         self.stats.status = failure.status

@@ -18,7 +18,9 @@ message over ``max_message_bytes``         1009 on both legs, whichever leg sent
 
 1005, 1006 and 1015 are never sent on the wire.  Before the client is accepted,
 failures are HTTP responses: the backend's refusal is passed on with its status,
-headers and body; unreachable -> 502; handshake timeout -> 504.
+headers and body; unreachable -> 502; handshake timeout -> 504; no available target of
+an upstream -> 503 with Retry-After.  With several targets, a handshake that failed
+without an answer (``handshake_failure_kind`` is not None) may go to the next target.
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ from urllib.parse import quote
 
 from starlette.types import Scope
 from websockets.datastructures import Headers as WsHeaders
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    WebSocketException,
+)
 from websockets.frames import CloseCode
 
 from gateway.proxy.forwarding import (
@@ -46,9 +53,11 @@ __all__ = [
     "accept_headers",
     "backend_target",
     "gateway_error",
+    "handshake_failure_kind",
     "handshake_headers",
     "is_websocket_upgrade",
     "map_backend_error",
+    "no_target_available",
     "relay_client_close",
     "utf8_size",
     "wire_max_size",
@@ -200,6 +209,39 @@ def map_backend_error(exc: BaseException) -> BackendFailure:
             502, "WebSocket backend sent an invalid handshake", CloseCode.BAD_GATEWAY
         )
     return gateway_error(502, "WebSocket backend error")
+
+
+def handshake_failure_kind(exc: BaseException) -> str | None:
+    """The upstream failure kind of a backend handshake that failed without an answer.
+
+    None for the backend's answer (``InvalidStatus``: a refusal, passed on as it is)
+    and for errors that are not the backend's (bugs).  The opening handshake is a GET
+    without a body and the client is not accepted yet, so every failure with a kind
+    may be tried again on another target.  The names are those of
+    ``gateway.upstream.failure_kind``.
+    """
+    if isinstance(exc, InvalidStatus):
+        return None
+    if isinstance(exc, TimeoutError):  # open_timeout: connecting or the handshake
+        return "timeout"
+    if isinstance(exc, OSError):  # refused, unreachable, TLS
+        return "connect_error"
+    if isinstance(exc, WebSocketException):  # not a WebSocket answer, or the connection broke
+        return "invalid_response"
+    return None
+
+
+def no_target_available(retry_after_s: int) -> BackendFailure:
+    """The answer when no target of an upstream can take the session."""
+    failure = gateway_error(503, "no backend available", CloseCode.TRY_AGAIN_LATER)
+    retry_after = (b"retry-after", str(retry_after_s).encode("ascii"))
+    return BackendFailure(
+        failure.status,
+        failure.close_code,
+        failure.reason,
+        (*failure.headers, retry_after),
+        failure.body,
+    )
 
 
 def accept_headers(response_headers: WsHeaders) -> Headers:

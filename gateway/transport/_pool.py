@@ -48,6 +48,7 @@ class Origin:
         host: str,
         port: int,
         ssl_context: ssl.SSLContext | None,
+        unix_path: str | None = None,
     ) -> None:
         self._pool = pool
         self._loop = pool.loop
@@ -55,7 +56,8 @@ class Origin:
         self.host = host
         self.port = port
         self._ssl_context = ssl_context
-        self._label = f"{host}:{port}"
+        self.unix_path = unix_path
+        self._label = f"{host}:{port}" if unix_path is None else f"unix:{unix_path}"
         self.idle: deque[Connection] = deque()
         self.connections: set[Connection] = set()
         self.total = 0  # connecting + active + idle; may exceed len(connections) briefly
@@ -138,13 +140,16 @@ class Origin:
         ssl_context = self._ssl_context
         try:
             async with asyncio.timeout(connect_timeout_s):
-                await self._loop.create_connection(
-                    lambda: conn,
-                    self.host,
-                    self.port,
-                    ssl=ssl_context,
-                    server_hostname=self.host if ssl_context is not None else None,
-                )
+                if self.unix_path is not None:
+                    await self._loop.create_unix_connection(lambda: conn, self.unix_path)
+                else:
+                    await self._loop.create_connection(
+                        lambda: conn,
+                        self.host,
+                        self.port,
+                        ssl=ssl_context,
+                        server_hostname=self.host if ssl_context is not None else None,
+                    )
         except BaseException as exc:
             if conn.closed:
                 pass  # discard() already gave the slot back
@@ -218,13 +223,20 @@ class ConnectionPool:
         self._sweep_handle: asyncio.TimerHandle | None = None
 
     def origin(
-        self, key: tuple[str, str, int | None], ssl_context: ssl.SSLContext | None
+        self,
+        key: tuple[str, str, int | None],
+        ssl_context: ssl.SSLContext | None,
+        unix_path: str | None = None,
     ) -> Origin:
-        """Create the origin for `key` = (scheme, host, port or None for the default)."""
+        """Create the origin for `key` = (scheme, host, port or None for the default).
+
+        With `unix_path` the origin connects to that Unix socket instead (its key is
+        `("http+unix", unix_path, None)`).
+        """
         scheme, host, port = key
         if port is None:
             port = 443 if scheme == "https" else 80
-        origin = self.origins[key] = Origin(self, host, port, ssl_context)
+        origin = self.origins[key] = Origin(self, host, port, ssl_context, unix_path)
         return origin
 
     def schedule_sweep(self) -> None:

@@ -32,6 +32,9 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
     duplicates, and `Host` only when absent. Bodies stream both ways with bounded
     memory and come back raw (de-chunked, never decompressed). Timeouts can be
     overridden per request with httpx's `request.extensions["timeout"]` dict.
+
+    A request with the `"unix_socket"` extension (a path) goes to that Unix socket
+    instead of the URL's host and port (plain HTTP only); its pool is keyed by the path.
     """
 
     def __init__(
@@ -105,11 +108,16 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
                 "UpstreamTransport is bound to another event loop; aclose() it first"
             )
         url = request.url
-        key = (url.scheme, url.host, url.port)
+        extensions = request.extensions
+        unix_path: str | None = extensions.get("unix_socket")
+        if unix_path is None:
+            key = (url.scheme, url.host, url.port)
+        else:
+            key = (url.scheme + "+unix", unix_path, None)
         origin = pool.origins.get(key)
         if origin is None:
-            origin = self._new_origin(pool, key)
-        timeout: dict[str, Any] | None = request.extensions.get("timeout")
+            origin = self._new_origin(pool, key, url.scheme, unix_path)
+        timeout: dict[str, Any] | None = extensions.get("timeout")
         if timeout is None:
             connect_s, read_s, write_s, pool_s = self._timeouts
         else:
@@ -128,10 +136,20 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         conn = await origin.acquire(request, connect_s, pool_s, fresh=True)
         return await conn.send(request, read_s, write_s)
 
-    def _new_origin(self, pool: ConnectionPool, key: tuple[str, str, int | None]) -> Origin:
-        scheme, host, _ = key
+    def _new_origin(
+        self,
+        pool: ConnectionPool,
+        key: tuple[str, str, int | None],
+        scheme: str,
+        unix_path: str | None,
+    ) -> Origin:
+        _, host, _ = key
         if not host:
             raise httpx.UnsupportedProtocol(f"request URL has no host: {key!r}")
+        if unix_path is not None:
+            if scheme != "http":
+                raise httpx.UnsupportedProtocol(f"a Unix socket carries http only, not {scheme!r}")
+            return pool.origin(key, None, unix_path)
         if scheme == "http":
             return pool.origin(key, None)
         if scheme != "https":
