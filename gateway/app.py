@@ -23,10 +23,17 @@ from gateway.proxy.forwarding import ForwardingOptions
 from gateway.proxy.http import ReverseProxy
 from gateway.proxy.websocket import WebSocketProxy
 from gateway.routing import Route, Router
-from gateway.settings import RouteSettings, Settings, TimeoutSettings, load_settings
+from gateway.settings import (
+    RouteSettings,
+    Settings,
+    TimeoutSettings,
+    UpstreamSettings,
+    load_settings,
+)
 from gateway.stack import StackBuilder
 from gateway.static import static_app
 from gateway.transport import UpstreamTransport
+from gateway.upstream import HealthCheck, Target, Upstream
 
 __all__ = ["Gateway", "build_gateway", "close_websockets", "create_app", "reload_app"]
 
@@ -67,21 +74,61 @@ class Gateway:
     transport: httpx.AsyncBaseTransport
     bridges: list[WebSocketProxy] = field(default_factory=list)
     stores: list[RateStore] = field(default_factory=list)
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
 
     async def start(self) -> None:
-        """Start background work (nothing yet besides what is created lazily)."""
+        """Start background work: active health probes."""
+        for upstream in self.upstreams.values():
+            await upstream.start()
 
     async def aclose(self) -> None:
-        """Close backend connections and rate-limit stores."""
+        """Close backend connections, health probes and rate-limit stores."""
+        for upstream in self.upstreams.values():
+            await upstream.aclose()
         await self.transport.aclose()
         for store in self.stores:
             await store.aclose()
+
+
+def make_upstream(name: str, pool: UpstreamSettings) -> Upstream:
+    """The Upstream object for an [upstreams.NAME] table."""
+    health = None
+    if pool.health is not None:
+        h = pool.health
+        health = HealthCheck(
+            path=h.path,
+            interval_s=h.interval_s,
+            timeout_s=h.timeout_s,
+            healthy_threshold=h.healthy_threshold,
+            unhealthy_threshold=h.unhealthy_threshold,
+        )
+    return Upstream(
+        [Target(target.url, weight=target.weight) for target in pool.targets],
+        name=name,
+        balance=pool.balance,
+        max_fails=pool.max_fails,
+        fail_timeout_s=pool.fail_timeout_s,
+        max_tries=pool.max_tries,
+        try_timeout_s=pool.try_timeout_s,
+        health=health,
+        verify=pool.verify,
+        ca_bundle=str(pool.ca_bundle) if pool.ca_bundle is not None else None,
+        max_connections_per_target=pool.max_connections,
+        max_idle_per_target=pool.keepalive,
+        keepalive_expiry_s=pool.keepalive_expiry_s,
+    )
 
 
 def build_gateway(settings: Settings) -> Gateway:
     """Routes with their proxies and middleware stacks; ConfigError names bad keys."""
     transport = make_transport(settings)
     builder = StackBuilder(settings)
+    # One pool per name, shared by every route (and both proxies) that use it.
+    upstreams: dict[str, Upstream] = {}
+    for name, pool in settings.upstreams.items():
+        made = builder.make(f"upstreams.{name}", functools.partial(make_upstream, name, pool))
+        if made is not None:
+            upstreams[name] = made
     routes = []
     bridges = []
     for index, route in enumerate(settings.routes):
@@ -97,16 +144,17 @@ def build_gateway(settings: Settings) -> Gateway:
             http_app = None if files is None else builder.wrap(files, route, index)
         elif route.http:
             assert route.upstream is not None
+            named = upstreams.get(route.upstream)
             proxy = ReverseProxy(
-                route.upstream,
-                transport=transport,
+                named or route.upstream,
+                transport=None if named else transport,
                 timeout=_timeout(timeouts),
                 forwarding=_forwarding(settings, route),
                 rewrite_location=settings.forwarding.rewrite_location,
             )
             http_app = builder.wrap(proxy, route, index)
         if route.upstream is not None and route.websocket:
-            bridge = websocket_bridge(settings, route)
+            bridge = websocket_bridge(settings, route, upstreams.get(route.upstream))
             bridges.append(bridge)
             ws_app = builder.wrap(bridge, route, index)
         routes.append(
@@ -122,16 +170,18 @@ def build_gateway(settings: Settings) -> Gateway:
             header=settings.request_id.header,
             trust_incoming=settings.request_id.trust_incoming,
         )
-    return Gateway(app, router, transport, bridges, builder.stores)
+    return Gateway(app, router, transport, bridges, builder.stores, upstreams)
 
 
-def websocket_bridge(settings: Settings, route: RouteSettings) -> WebSocketProxy:
-    """The WebSocket bridge of a route."""
+def websocket_bridge(
+    settings: Settings, route: RouteSettings, pool: Upstream | None = None
+) -> WebSocketProxy:
+    """The WebSocket bridge of a route (to its upstream pool when it names one)."""
     ws = settings.websocket
     timeouts = route.timeouts or settings.timeouts
     assert route.upstream is not None
     return WebSocketProxy(
-        route.upstream,
+        pool or route.upstream,
         forwarding=_forwarding(settings, route),
         open_timeout_s=timeouts.connect_s,
         idle_timeout_s=timeouts.websocket_idle_s,

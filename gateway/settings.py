@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from gateway.routing import normalise_host_pattern
+from gateway.upstream import Target
 
 __all__ = [
     "ConfigError",
@@ -89,6 +90,11 @@ class ListenSettings(_Section):
         if self.redirect_port is not None and not self.tls:
             raise ValueError("redirect_port needs tls = true (it redirects to https)")
         return self
+
+
+def is_upstream_name(value: str) -> bool:
+    """A route's ``upstream`` names an [upstreams.NAME] table unless it looks like a URL."""
+    return ":" not in value and "/" not in value
 
 
 def check_upstream_url(url: str) -> None:
@@ -244,6 +250,50 @@ class MiddlewareSpec(_Section):
         return value
 
 
+class HealthCheckSettings(_Section):
+    """Active health probe of every target of an upstream."""
+
+    path: str = "/healthz"
+    interval_s: float = Field(5.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+    healthy_threshold: int = Field(2, ge=1)
+    unhealthy_threshold: int = Field(3, ge=1)
+
+
+class TargetSettings(_Section):
+    """One backend instance: ``http(s)://host:port[/base]`` or ``unix:/path.sock[:/base]``."""
+
+    url: str
+    weight: int = Field(1, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        Target(value)  # raises ValueError naming what is wrong
+        return value
+
+
+class UpstreamSettings(_Section):
+    """A named pool of targets (nginx ``upstream``); routes refer to it by name."""
+
+    targets: list[TargetSettings] = Field(min_length=1)
+    balance: Literal["round_robin", "least_conn", "ip_hash"] = "round_robin"
+    # Passive health (nginx max_fails / fail_timeout).
+    max_fails: int = Field(1, ge=0)
+    fail_timeout_s: float = Field(10.0, gt=0)
+    # Retries on the next target (nginx proxy_next_upstream_tries / _timeout).
+    max_tries: int = Field(3, ge=1)
+    try_timeout_s: float = Field(10.0, gt=0)
+    health: HealthCheckSettings | None = None
+    # TLS towards https targets: verified against the system CAs or this bundle.
+    verify: bool = True
+    ca_bundle: Path | None = None
+    # Connection pool per target.
+    max_connections: int = Field(512, ge=1)
+    keepalive: int = Field(64, ge=0)
+    keepalive_expiry_s: float = Field(60.0, gt=0)
+
+
 class RouteSettings(_Section):
     """One route: requests under ``prefix`` go to ``upstream``.
 
@@ -281,8 +331,8 @@ class RouteSettings(_Section):
     @field_validator("upstream")
     @classmethod
     def _check_upstream(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+        if value is None or is_upstream_name(value):
+            return value
         check_upstream_url(value)
         return value.rstrip("/")
 
@@ -338,6 +388,7 @@ class Settings(BaseSettings):
     forwarding: ForwardingSettings = ForwardingSettings()
     limits: LimitSettings = LimitSettings()
     websocket: WebSocketSettings = WebSocketSettings()
+    upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
     headers: HeaderSettings = HeaderSettings()
     origin: OriginSettings = OriginSettings()
     ip: IPSettings = IPSettings()
@@ -360,6 +411,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"prefix {route.prefix!r}{hosts} appears twice")
             seen.add(key)
         return routes
+
+    @model_validator(mode="after")
+    def _check_upstream_names(self) -> Settings:
+        for index, route in enumerate(self.routes):
+            name = route.upstream
+            if name is not None and is_upstream_name(name) and name not in self.upstreams:
+                known = ", ".join(sorted(self.upstreams)) or "none defined"
+                raise ValueError(f"routes.{index}.upstream: no [upstreams.{name}] ({known})")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -430,12 +490,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
 def _describe(where: str, exc: ValidationError) -> list[str]:
     problems = []
     for error in exc.errors(include_url=False):
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        key = ".".join(str(part) for part in error["loc"])
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         else:
             message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{where}: {key}: {message}")
+        # Checks across sections name their keys in the message themselves.
+        problems.append(f"{where}: {key}: {message}" if key else f"{where}: {message}")
     return problems
 
 

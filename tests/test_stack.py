@@ -142,3 +142,35 @@ def test_route_needs_upstream_or_root_and_valid_hosts(tmp_path: pytest.TempPathF
         Settings(routes=[{"prefix": "/", "root": "/no/such/dir"}])
     with pytest.raises(ValueError, match="example"):
         Settings(routes=[{"prefix": "/", "hosts": ["example.*"], "upstream": "http://a"}])
+
+
+async def test_named_upstream_pool_from_settings(
+    gateway_factory: GatewayFactory, client: httpx.AsyncClient
+) -> None:
+    from tests.servers import plain_config, run_server
+
+    first, second = Backend(), Backend()
+    async with run_server(plain_config(first)) as port1, run_server(plain_config(second)) as port2:
+        upstreams = {
+            "app": {
+                "targets": [
+                    {"url": f"http://127.0.0.1:{port1}", "weight": 3},
+                    {"url": f"http://127.0.0.1:{port2}"},
+                ],
+                "health": {"path": "/echo", "interval_s": 60},
+            }
+        }
+        routes = [{"prefix": "/", "upstream": "app"}]
+        async with gateway_factory("", routes=routes, upstreams=upstreams) as url:
+            for _ in range(8):
+                assert (await client.get(f"{url}/echo")).status_code == 200
+    served = [len(first.requests), len(second.requests)]
+    assert served[0] > served[1] > 0
+
+
+def test_unknown_upstream_name_is_named() -> None:
+    with pytest.raises(ValueError, match=r"routes.0.upstream: no \[upstreams.api\] \(app\)"):
+        Settings(
+            upstreams={"app": {"targets": [{"url": "http://a:1"}]}},
+            routes=[{"prefix": "/", "upstream": "api"}],
+        )
