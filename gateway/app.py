@@ -14,9 +14,13 @@ from dataclasses import dataclass, field
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.admin import GatewayStatus, admin_app
+from gateway.metrics import Metrics, MetricsMiddleware, route_label
+from gateway.middleware.access_log import AccessLogMiddleware
 from gateway.middleware.ratelimit import RateStore
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.proxy.forwarding import ForwardingOptions
@@ -119,7 +123,7 @@ def make_upstream(name: str, pool: UpstreamSettings) -> Upstream:
     )
 
 
-def build_gateway(settings: Settings) -> Gateway:
+def build_gateway(settings: Settings, metrics: Metrics | None = None) -> Gateway:
     """Routes with their proxies and middleware stacks; ConfigError names bad keys."""
     transport = make_transport(settings)
     builder = StackBuilder(settings)
@@ -157,6 +161,10 @@ def build_gateway(settings: Settings) -> Gateway:
             bridge = websocket_bridge(settings, route, upstreams.get(route.upstream))
             bridges.append(bridge)
             ws_app = builder.wrap(bridge, route, index)
+        if metrics is not None and http_app is not None:
+            # Outside the route's stack, so its own answers (401, 429, 413...) count too.
+            label = route_label(route.prefix, route.hosts)
+            http_app = MetricsMiddleware(http_app, metrics=metrics, route=label)
         routes.append(
             Route(route.prefix, http_app, ws_app, route.strip_prefix, hosts=tuple(route.hosts))
         )
@@ -207,7 +215,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The gateway as an ASGI app; ``settings`` default to ``load_settings()``."""
     if settings is None:
         settings = load_settings()
-    live = _Live(build_gateway(settings))
+    metrics = Metrics()
+    live = _Live(build_gateway(settings, metrics))
+    metrics.watch_pool(lambda: live.gateway.transport.pool_stats())  # type: ignore[attr-defined]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -218,9 +228,33 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for gateway in [live.gateway, *live.retired]:
                 await gateway.aclose()
 
-    app = Starlette(routes=[Mount("", app=live)], lifespan=lifespan)
+    middleware = []
+    if settings.log.access_log:
+        # Outermost: one line per request, whatever layer answered it.
+        middleware.append(
+            Middleware(
+                AccessLogMiddleware,
+                format=settings.log.access_format,
+                trusted_proxies=tuple(str(n) for n in settings.forwarding.trusted_proxies),
+            )
+        )
+    app = Starlette(routes=[Mount("", app=live)], middleware=middleware, lifespan=lifespan)
     app.state.live = live
+    app.state.metrics = metrics
+    app.state.settings = settings
     return app
+
+
+def create_admin_app(app: Starlette) -> ASGIApp:
+    """The admin listener's app for a gateway ``app`` (follows reloads)."""
+    live: _Live = app.state.live
+    metrics: Metrics = app.state.metrics
+    settings: Settings = app.state.settings
+    return admin_app(
+        metrics=metrics,
+        status_source=GatewayStatus(lambda: live.gateway, metrics),
+        allowed_hosts=settings.admin.allowed_hosts,
+    )
 
 
 async def reload_app(app: Starlette, settings: Settings) -> None:
@@ -229,7 +263,7 @@ async def reload_app(app: Starlette, settings: Settings) -> None:
     Raises ConfigError (and changes nothing) if the new settings do not build.
     """
     live: _Live = app.state.live
-    gateway = build_gateway(settings)
+    gateway = build_gateway(settings, app.state.metrics)
     await gateway.start()
     live.retired.append(live.gateway)
     live.gateway = gateway

@@ -22,13 +22,13 @@ import ssl
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from gateway.app import close_websockets, create_app, reload_app
+from gateway.app import close_websockets, create_admin_app, create_app, reload_app
 from gateway.proxy.websocket_rules import wire_max_size
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.tls import CertificatePair, RedirectToHttps, harden
@@ -105,7 +105,7 @@ class Listener:
     """A bound socket and what serves it."""
 
     sock: socket.socket
-    redirect: bool
+    kind: Literal["gateway", "redirect", "admin"] = "gateway"
 
 
 def bind(host: str, port: int, key: str, where: str) -> socket.socket:
@@ -127,15 +127,22 @@ def bind(host: str, port: int, key: str, where: str) -> socket.socket:
 
 def bind_listeners(settings: Settings, where: str) -> list[Listener]:
     """Bind every configured listener, or raise ConfigError (closing what was bound)."""
-    listen = settings.listen
-    listeners = [Listener(bind(listen.host, listen.port, "listen.port", where), redirect=False)]
+    listen, admin = settings.listen, settings.admin
+    wanted: list[tuple[str, int, str, Literal["gateway", "redirect", "admin"]]] = [
+        (listen.host, listen.port, "listen.port", "gateway")
+    ]
     if listen.redirect_port is not None:
-        try:
-            sock = bind(listen.host, listen.redirect_port, "listen.redirect_port", where)
-        except ConfigError:
-            listeners[0].sock.close()
-            raise
-        listeners.append(Listener(sock, redirect=True))
+        wanted.append((listen.host, listen.redirect_port, "listen.redirect_port", "redirect"))
+    if admin.enabled:
+        wanted.append((admin.host, admin.port, "admin.port", "admin"))
+    listeners: list[Listener] = []
+    try:
+        for host, port, key, kind in wanted:
+            listeners.append(Listener(bind(host, port, key, where), kind))
+    except ConfigError:
+        for listener in listeners:
+            listener.sock.close()
+        raise
     return listeners
 
 
@@ -298,22 +305,26 @@ def gateway_servers(
     listeners: list[Listener],
     reloader: Reloader | None = None,
 ) -> ServerList:
-    """A uvicorn server for each listener: the gateway app, or the https redirect."""
+    """A uvicorn server for each listener: the gateway, the https redirect, the admin."""
+    app = create_app(settings)
     servers: ServerList = []
     for listener in listeners:
-        if listener.redirect:
+        if listener.kind == "redirect":
             https_port = settings.listen.public_port or settings.listen.port
             redirect = uvicorn_config(RedirectToHttps(https_port), settings, None)
             servers.append(plain_server(redirect, listener.sock))
-            continue
-        app = create_app(settings)
-        config = uvicorn_config(app, settings, pair, access_log=settings.log.access_log)
-        grace_s = settings.timeouts.shutdown_grace_s
-        server = _Server(config, before_shutdown=functools.partial(close_websockets, app, grace_s))
-        servers.append((server, [listener.sock]))
-        if reloader is not None:
-            reloader.apps.append(app)
-            reloader.configs.append(config)
+        elif listener.kind == "admin":
+            servers.append(
+                plain_server(uvicorn_config(create_admin_app(app), settings, None), listener.sock)
+            )
+        else:
+            config = uvicorn_config(app, settings, pair)
+            grace_s = settings.timeouts.shutdown_grace_s
+            before = functools.partial(close_websockets, app, grace_s)
+            servers.append((_Server(config, before_shutdown=before), [listener.sock]))
+            if reloader is not None:
+                reloader.apps.append(app)
+                reloader.configs.append(config)
     return servers
 
 

@@ -368,6 +368,17 @@ class LogSettings(_Section):
 
     level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = False
+    access_format: Literal["combined", "json"] = "combined"
+
+
+class AdminSettings(_Section):
+    """The admin listener: /healthz, /readyz, /metrics, /status (keep it internal)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9901, ge=0, le=65535)
+    # Host names the admin answers besides IP addresses and localhost (DNS rebinding guard).
+    allowed_hosts: list[str] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):
@@ -397,6 +408,7 @@ class Settings(BaseSettings):
     request_id: RequestIdSettings = RequestIdSettings()
     middleware: list[MiddlewareSpec] = Field(default_factory=list)
     log: LogSettings = LogSettings()
+    admin: AdminSettings = AdminSettings()
 
     @field_validator("routes")
     @classmethod

@@ -249,8 +249,10 @@ async def wait_for_port(port: int, process: asyncio.subprocess.Process) -> None:
 async def gateway_process(
     args: list[str], port: int, env: dict[str, str]
 ) -> AsyncIterator[asyncio.subprocess.Process]:
+    # The admin listener on a free port: a fixed one could be taken on a shared machine.
+    environment = {**os.environ, "GATEWAY_ADMIN__PORT": "0", **env}
     process = await asyncio.create_subprocess_exec(
-        *args, env={**os.environ, **env}, stderr=asyncio.subprocess.PIPE
+        *args, env=environment, stderr=asyncio.subprocess.PIPE
     )
     try:
         await wait_for_port(port, process)

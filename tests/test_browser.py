@@ -40,7 +40,11 @@ def demo(tmp_path: Path) -> Iterator[int]:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "demo", "--port", str(port),
              "--backend-port", str(backend_port)],
-            env={**os.environ, "GATEWAY_STATE_DIR": str(tmp_path / "state")},
+            env={
+                **os.environ,
+                "GATEWAY_STATE_DIR": str(tmp_path / "state"),
+                "GATEWAY_ADMIN__PORT": "0",
+            },
             stdout=output,
             stderr=subprocess.STDOUT,
         )  # fmt: skip

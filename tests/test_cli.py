@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import ssl
@@ -24,8 +25,9 @@ GATEWAY = [sys.executable, "-m", "gateway"]
 
 
 def gateway_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "GATEWAY_ADMIN__PORT": "0", **(env or {})}
     return subprocess.run(
-        [*GATEWAY, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+        [*GATEWAY, *args], capture_output=True, text=True, timeout=60, env=environment, check=False
     )
 
 
@@ -188,3 +190,35 @@ def test_hash_password_reads_stdin() -> None:
 
     assert verify_password("s3cret", result.stdout.strip())
     assert "s3cret" not in result.stdout
+
+
+async def test_admin_listener_serves_health_metrics_and_status(backend: Backend) -> None:
+    port, admin = free_port(), free_port()
+    env = {
+        "GATEWAY_LISTEN__PORT": str(port),
+        "GATEWAY_LISTEN__TLS": "false",
+        "GATEWAY_ADMIN__PORT": str(admin),
+        "GATEWAY_LOG__ACCESS_LOG": "true",
+        "GATEWAY_ROUTES": f'[{{"prefix": "/", "upstream": "http://127.0.0.1:{backend.port}"}}]',
+    }
+    async with gateway_process([*GATEWAY, "run"], port, env) as process:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(3):
+                assert (
+                    await client.get(f"http://127.0.0.1:{port}/echo?token=s3cret")
+                ).status_code == 200
+            health = await client.get(f"http://127.0.0.1:{admin}/healthz")
+            ready = await client.get(f"http://127.0.0.1:{admin}/readyz")
+            metrics = await client.get(f"http://127.0.0.1:{admin}/metrics")
+            status = await client.get(f"http://127.0.0.1:{admin}/status.json")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+        assert process.stderr is not None
+        log = (await process.stderr.read()).decode()
+    assert health.status_code == 200
+    assert ready.status_code == 200
+    assert 'gateway_http_requests_total{code="200",route="/"} 3.0' in metrics.text
+    assert status.json()["routes"][0]["name"] == "/"
+    access = [line for line in log.splitlines() if '"GET /echo' in line]
+    assert len(access) == 3
+    assert "s3cret" not in log
