@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from .layout import BENCH_PYTHON, NODE_DIR, PROJECT_VENV, REPO_DIR
@@ -76,11 +77,11 @@ def _packages(python: os.PathLike[str] | str, names: list[str]) -> dict[str, str
         return {}
 
 
-def gateway_fingerprint() -> str:
-    """Short hash of the gateway's sources as they are now (they may change during a run)."""
+def gateway_fingerprint(root: Path = REPO_DIR) -> str:
+    """Short hash of the sources of the ``gateway`` package under ``root``, as they are now."""
     digest = hashlib.sha256()
-    for path in sorted((REPO_DIR / "gateway").rglob("*.py")):
-        digest.update(str(path.relative_to(REPO_DIR)).encode())
+    for path in sorted((root / "gateway").rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
         with contextlib.suppress(OSError):
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

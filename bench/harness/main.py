@@ -48,6 +48,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="gateway command; {config} is the TOML path",
     )
     p.add_argument(
+        "--gateway-live",
+        action="store_true",
+        help="run the gateway from the working tree instead of a snapshot taken at start",
+    )
+    p.add_argument(
         "--duration", type=float, help="seconds measured per HTTP/WebSocket cell (default 10)"
     )
     p.add_argument(
@@ -122,7 +127,7 @@ def run_cell(
     rnd: int,
 ) -> dict[str, Any]:
     started = time.monotonic()
-    gateway_source = machine.gateway_fingerprint() if target.name == "gateway" else None
+    gateway_source = target.source_fingerprint()
     running = None
     figures: dict[str, Any] = {}
     error = None
@@ -156,7 +161,7 @@ def run_cell(
         "round": rnd,
         "scenario": scenario.id,
         "target": target.name,
-        "gateway_source": gateway_source if target.name == "gateway" else None,
+        "gateway_source": gateway_source,
         "figures": figures,
         "error": error,
         "start_failed": start_failed,
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     machine_info = machine.describe()  # before measuring: the gateway's sources may change later
-    targets = make_targets(requested, args.gateway_cmd)
+    targets = make_targets(requested, args.gateway_cmd, gateway_live=args.gateway_live)
     skipped: dict[str, str] = {}
     for t in targets:
         reason = t.unavailable()
@@ -214,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             skipped[t.name] = reason
             print(f"bench: SKIPPING target {t.name}: {reason}", flush=True)
     active = [t for t in targets if t.name not in skipped]
+    for t in active:
+        t.prepare()
     # A target named explicitly with --targets must run; the default list tolerates a skip.
     failed = bool(args.targets and skipped)
 
@@ -242,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{describe_cell(cell, scenario)}  ({cell['seconds']:.1f} s)",
                         flush=True,
                     )
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM/SIGHUP (raise_on_signals)
         interrupted = True
         print("\nbench: interrupted; stopping everything it started", file=sys.stderr)
     except StartError as exc:  # a backend did not start

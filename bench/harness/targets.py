@@ -29,12 +29,15 @@ from .layout import (
     PROXY_CPU,
     PROXY_PORT,
     PROXY_TLS_PORT,
+    REPO_DIR,
     WORK_DIR,
 )
+from .machine import gateway_fingerprint
 from .procs import Proc, Processes, StartError, wait_for_port
 
 HTTP_UPSTREAM = f"http://{HOST}:{BACKEND_HTTP_PORT}"
 NODE_UPSTREAM = f"http://{HOST}:{BACKEND_NODE_PORT}"
+SNAPSHOT_DIR = WORK_DIR / "gateway-src"
 DEFAULT_GATEWAY_CMD = f"{PROJECT_VENV / 'bin' / 'gateway'} run -c {{config}}"
 
 
@@ -76,6 +79,13 @@ class Target:
     def env(self) -> dict[str, str]:
         return {}
 
+    def prepare(self) -> None:
+        """Once per run, before the first start."""
+
+    def source_fingerprint(self) -> str | None:
+        """Which version of the target's own code runs (only the gateway has one)."""
+        return None
+
     def unavailable(self) -> str | None:
         """Why this target cannot run here, or None."""
         exe = self.argv(False)[0]
@@ -90,6 +100,7 @@ class Target:
             self.argv(tls),
             cpu=PROXY_CPU,
             env=self.env(),
+            cwd=WORK_DIR,
         )
         running = Running(self.name, tls, proc)
         try:
@@ -115,12 +126,38 @@ class Direct(Target):
 
 
 class Gateway(Target):
-    """This project's gateway, ``gateway run -c FILE`` (or --gateway-cmd)."""
+    """This project's gateway, ``gateway run -c FILE`` (or --gateway-cmd).
+
+    The package is copied to bench/work/gateway-src when the run starts and put first on
+    PYTHONPATH, so edits to gateway/ during a 30-minute run neither mix versions into the
+    medians nor break later cells; ``live=True`` runs the working tree instead.
+    """
 
     name = "gateway"
 
-    def __init__(self, command: str = DEFAULT_GATEWAY_CMD) -> None:
+    def __init__(self, command: str = DEFAULT_GATEWAY_CMD, *, live: bool = False) -> None:
         self.command = command
+        self.live = live
+        self._fingerprint: str | None = None
+
+    def prepare(self) -> None:
+        if self.live:
+            return
+        if SNAPSHOT_DIR.exists():
+            shutil.rmtree(SNAPSHOT_DIR)
+        shutil.copytree(
+            REPO_DIR / "gateway",
+            SNAPSHOT_DIR / "gateway",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+        self._fingerprint = gateway_fingerprint(SNAPSHOT_DIR)
+        print(f"bench: gateway sources snapshot {self._fingerprint} in {SNAPSHOT_DIR}", flush=True)
+
+    def source_fingerprint(self) -> str | None:
+        return self._fingerprint if not self.live else gateway_fingerprint()
+
+    def env(self) -> dict[str, str]:
+        return {} if self.live else {"PYTHONPATH": str(SNAPSHOT_DIR)}
 
     def config(self, tls: bool) -> Path:
         path = WORK_DIR / f"gateway-{'tls' if tls else 'plain'}.toml"
@@ -278,10 +315,10 @@ class FastapiProxyLib(UvicornPeer):
 ALL_TARGETS = ("direct", "gateway", "nginx", "asgiproxy", "fastapi-proxy-lib")
 
 
-def make_targets(names: list[str], gateway_cmd: str) -> list[Target]:
+def make_targets(names: list[str], gateway_cmd: str, *, gateway_live: bool = False) -> list[Target]:
     table: dict[str, Target] = {
         "direct": Direct(),
-        "gateway": Gateway(gateway_cmd),
+        "gateway": Gateway(gateway_cmd, live=gateway_live),
         "nginx": Nginx(),
         "asgiproxy": AsgiProxy(),
         "fastapi-proxy-lib": FastapiProxyLib(),
