@@ -6,18 +6,21 @@ Commands validate everything before any socket opens; ``gateway.server`` runs uv
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import logging
 import os
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.app import build_gateway
 from gateway.demo import demo_app
 from gateway.middleware.auth import hash_password
+from gateway.nginx.cli import add_arguments as add_nginx_arguments
+from gateway.nginx.cli import settings_from_nginx
 from gateway.server import (
     bind,
     bind_listeners,
@@ -88,7 +91,21 @@ def _load(path: str | None) -> tuple[Settings, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate everything, bind, then serve."""
-    settings, where = _load(args.config)
+    load: Callable[[], Settings]
+    if args.nginx:
+        if args.config:
+            raise ConfigError(["run: use either -c or --nginx"])
+        load = functools.partial(
+            settings_from_nginx, args.nginx, strict=args.strict, show_notes=False
+        )
+        settings, where = settings_from_nginx(args.nginx, strict=args.strict), args.nginx
+        try:
+            build_gateway(settings)
+        except ConfigError as exc:
+            raise ConfigError([f"{where}: {problem}" for problem in exc.problems]) from None
+    else:
+        settings, where = _load(args.config)
+        load = functools.partial(load_settings, args.config)
     configure_logging(settings)
     pair = resolve_certificate(settings)
     problems = check_certificate(pair, where)
@@ -104,8 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     pid_file.write_text(f"{os.getpid()}\n")
     try:
         if args.workers > 1:
-            return run_workers(settings, pair, listeners, args.workers, args.config)
-        run_worker(settings, pair, listeners, args.config)
+            return run_workers(settings, pair, listeners, args.workers, load, where)
+        run_worker(settings, pair, listeners, load, where)
     finally:
         pid_file.unlink(missing_ok=True)
     return 0
@@ -213,7 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", help="settings file (TOML); default: $GATEWAY_CONFIG")
     run.add_argument("--workers", type=_positive, default=1, help="worker processes (default 1)")
     run.add_argument("--pid-file", help="default: $GATEWAY_STATE_DIR/gateway.pid")
+    run.add_argument("--nginx", metavar="FILE", help="run from an nginx configuration")
+    run.add_argument(
+        "--strict", action="store_true", help="with --nginx: refuse anything untranslatable"
+    )
     run.set_defaults(func=cmd_run)
+    add_nginx_arguments(sub)
 
     reload = sub.add_parser("reload", help="make a running gateway re-read settings (SIGHUP)")
     reload.add_argument("--pid-file", help="default: $GATEWAY_STATE_DIR/gateway.pid")

@@ -189,7 +189,8 @@ class Reloader:
     WebSocket sessions in flight finish on the configuration they started with.
     """
 
-    config_path: str | None
+    load: Callable[[], Settings]
+    where: str
     settings: Settings
     pair: CertificatePair | None
     apps: list[Starlette] = field(default_factory=list)
@@ -198,9 +199,9 @@ class Reloader:
 
     async def reload(self) -> bool:
         """Apply the settings file again; False (and errors logged) if it is invalid."""
-        where = self.config_path or os.environ.get("GATEWAY_CONFIG") or "environment"
+        where = self.where
         try:
-            settings = load_settings(self.config_path)
+            settings = self.load()
             for app in self.apps:
                 await reload_app(app, settings)
         except ConfigError as exc:
@@ -291,11 +292,12 @@ def run_worker(
     settings: Settings,
     pair: CertificatePair | None,
     listeners: list[Listener],
-    config_path: str | None = None,
+    load: Callable[[], Settings] | None = None,
+    where: str = "settings",
 ) -> None:
-    """Serve ``listeners`` in this process until SIGTERM/SIGINT; SIGHUP reloads."""
+    """Serve ``listeners`` in this process until SIGTERM/SIGINT; SIGHUP calls ``load`` again."""
     configure_logging(settings)
-    reloader = Reloader(config_path, settings, pair)
+    reloader = Reloader(load or functools.partial(load_settings, None), where, settings, pair)
     run_servers(gateway_servers(settings, pair, listeners, reloader), reloader)
 
 
@@ -367,13 +369,14 @@ def run_workers(
     pair: CertificatePair | None,
     listeners: list[Listener],
     workers: int,
-    config_path: str | None = None,
+    load: Callable[[], Settings] | None = None,
+    where: str = "settings",
 ) -> int:
     """Run ``workers`` processes sharing the listening sockets; forward signals to them."""
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(
-            target=run_worker, args=(settings, pair, listeners, config_path), daemon=False
+            target=run_worker, args=(settings, pair, listeners, load, where), daemon=False
         )
         for _ in range(workers)
     ]

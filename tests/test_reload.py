@@ -188,3 +188,55 @@ async def test_sigterm_lets_a_long_upload_finish_then_exits_0(
     assert response.status_code == 200
     assert response.json()["body_bytes"] == len(chunk) * chunks
     assert not (tmp_path / "pid").exists()
+
+
+NGINX_CONF = """
+map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+server {{
+    listen {port} ssl;
+    server_name localhost;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+        proxy_pass http://127.0.0.1:{backend};
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection "upgrade";
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Real-IP $remote_addr;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_read_timeout 86400;
+    }}
+}}
+"""
+
+
+async def test_run_nginx_conf_and_reload_it(
+    tmp_path: Path, cert_pair: CertificatePair, client_ssl: ssl.SSLContext
+) -> None:
+    first, second = Backend(), Backend()
+    async with run_server(plain_config(first)) as port1, run_server(plain_config(second)) as port2:
+        port = free_port()
+        conf = tmp_path / "nginx.conf"
+
+        def write(backend_port: int) -> None:
+            conf.write_text(
+                NGINX_CONF.format(
+                    port=port, cert=cert_pair.certfile, key=cert_pair.keyfile, backend=backend_port
+                )
+            )
+
+        write(port1)
+        args = [*GATEWAY, "run", "--nginx", str(conf), "--pid-file", str(tmp_path / "pid")]
+        async with (
+            gateway_process(args, port, {}) as process,
+            httpx.AsyncClient(verify=client_ssl, timeout=30) as client,
+        ):
+            assert (await client.get(f"https://localhost:{port}/a")).status_code == 200
+            write(port2)
+            process.send_signal(signal.SIGHUP)
+            await wait_for_log(process, "reloaded settings", [])
+            assert (await client.get(f"https://localhost:{port}/b")).status_code == 200
+    assert [r["raw_path"] for r in first.requests] == ["/a"]
+    assert [r["raw_path"] for r in second.requests] == ["/b"]
