@@ -26,6 +26,7 @@ from gateway.proxy.forwarding import (
     strip_root_path,
 )
 from gateway.responses import send_text
+from gateway.transport import UpstreamTransport
 from gateway.upstream import Peer, Upstream, client_address, failure_kind, may_retry
 
 __all__ = ["DEFAULT_TIMEOUT", "UPSTREAM_ERROR_STATE_KEY", "ReverseProxy", "error_status"]
@@ -59,7 +60,12 @@ def error_status(exc: Exception) -> int:
 
 def default_transport(timeout: httpx.Timeout) -> httpx.AsyncBaseTransport:
     """The transport used when none is given: the gateway's lean HTTP/1.1 client."""
-    return httpx.AsyncHTTPTransport(retries=0)
+    return UpstreamTransport(
+        connect_timeout_s=timeout.connect or DEFAULT_TIMEOUT.connect or 5.0,
+        read_timeout_s=timeout.read or DEFAULT_TIMEOUT.read or 60.0,
+        write_timeout_s=timeout.write or DEFAULT_TIMEOUT.write or 60.0,
+        pool_timeout_s=timeout.pool or DEFAULT_TIMEOUT.pool or 5.0,
+    )
 
 
 class ReverseProxy:
@@ -377,6 +383,10 @@ class ReverseProxy:
             if first is None:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
+            if len(first) == _content_length(headers):
+                # The whole body in one chunk: no second read, no disconnect watcher.
+                await send({"type": "http.response.body", "body": first, "more_body": False})
+                return
             await send({"type": "http.response.body", "body": first, "more_body": True})
             await _stream_rest(chunks, receive, send)
         except httpx.HTTPError as exc:
@@ -416,6 +426,14 @@ def _note_error(scope: Scope, error: BaseException | str) -> None:
         previous.append(error)
     else:
         state[UPSTREAM_ERROR_STATE_KEY] = [previous, error]
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int:
+    """The declared body length, or -1."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else -1
+    return -1
 
 
 async def _stream_rest(chunks: AsyncIterator[bytes], receive: Receive, send: Send) -> None:
