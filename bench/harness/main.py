@@ -17,7 +17,7 @@ from . import backends, machine, measure, provision, report
 from .layout import ALL_PORTS, BENCH_DIR, BENCH_PYTHON, HOST, WORK_DIR
 from .procs import Processes, StartError, ignore_signals, port_in_use, raise_on_signals
 from .scenarios import Profile, Scenario, all_scenarios
-from .targets import ALL_TARGETS, DEFAULT_GATEWAY_CMD, Target, make_targets
+from .targets import ALL_TARGETS, DEFAULT_GATEWAY_CMD, EXTRA_TARGETS, Target, make_targets
 
 MAX_START_FAILURES = 2  # a target that failed to start this often is dropped for the run
 
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return render(args.render)
     scenarios = select_scenarios(args.only)
     requested = [t.strip() for t in (args.targets or ",".join(ALL_TARGETS)).split(",") if t.strip()]
-    unknown = [t for t in requested if t not in ALL_TARGETS]
+    unknown = [t for t in requested if t not in (*ALL_TARGETS, *EXTRA_TARGETS)]
     if unknown:
         raise SystemExit(f"bench: unknown target(s) {unknown}; choose from {ALL_TARGETS}")
     if args.list:

@@ -159,8 +159,12 @@ class Gateway(Target):
     def env(self) -> dict[str, str]:
         return {} if self.live else {"PYTHONPATH": str(SNAPSHOT_DIR)}
 
+    # Extra TOML appended to the generated settings, and the HTTP route's upstream.
+    extra = ""
+    http_upstream = HTTP_UPSTREAM
+
     def config(self, tls: bool) -> Path:
-        path = WORK_DIR / f"gateway-{'tls' if tls else 'plain'}.toml"
+        path = WORK_DIR / f"{self.name}-{'tls' if tls else 'plain'}.toml"
         tls_lines = (
             f'tls = true\ncertfile = "{CERT_FILE}"\nkeyfile = "{KEY_FILE}"'
             if tls
@@ -179,7 +183,7 @@ port = {PROXY_TLS_PORT if tls else PROXY_PORT}
 
 {routes}[[routes]]
 prefix = "/"
-upstream = "{HTTP_UPSTREAM}"
+upstream = "{self.http_upstream}"
 
 [timeouts]
 connect_s = 5
@@ -195,12 +199,15 @@ allow = ["*"]
 # Like the peers' --log-level warning and nginx's access_log off: no per-connection lines.
 [log]
 level = "warning"
-"""
+
+[admin]
+enabled = false
+{self.extra}"""
         )
         return path
 
     def argv(self, tls: bool) -> list[str]:
-        config = WORK_DIR / f"gateway-{'tls' if tls else 'plain'}.toml"
+        config = WORK_DIR / f"{self.name}-{'tls' if tls else 'plain'}.toml"
         words = shlex.split(self.command)
         if any("{config}" in w for w in words):
             return [w.replace("{config}", str(config)) for w in words]
@@ -209,6 +216,58 @@ level = "warning"
     def start(self, procs: Processes, tls: bool) -> Running:
         self.config(tls)
         return super().start(procs, tls)
+
+
+class GatewayPool(Gateway):
+    """The gateway with its HTTP route on an upstream pool of two targets (balancing cost).
+
+    Both targets are the same nginx backend, so only the pool's work differs from ``gateway``.
+    """
+
+    name = "gateway-pool"
+    http_upstream = "pool"
+    extra = f"""
+[upstreams.pool]
+targets = [{{ url = "{HTTP_UPSTREAM}" }}, {{ url = "{HTTP_UPSTREAM}/" }}]
+balance = "round_robin"
+"""
+
+
+class GatewayBare(Gateway):
+    """``ReverseProxy`` alone under uvicorn: the gateway without its middleware stack."""
+
+    name = "gateway-bare"
+
+    def argv(self, tls: bool) -> list[str]:
+        argv = [
+            str(PROJECT_VENV / "bin" / "uvicorn"),
+            "gateway_bare_app:app",
+            "--app-dir",
+            str(PEERS_DIR),
+            "--host",
+            HOST,
+            "--port",
+            str(PROXY_TLS_PORT if tls else PROXY_PORT),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--no-server-header",
+            "--no-date-header",
+            "--log-level",
+            "warning",
+        ]
+        if tls:
+            argv += ["--ssl-certfile", str(CERT_FILE), "--ssl-keyfile", str(KEY_FILE)]
+        return argv
+
+    def env(self) -> dict[str, str]:
+        return {
+            **super().env(),
+            "BENCH_HTTP_UPSTREAM": HTTP_UPSTREAM,
+            "BENCH_NODE_UPSTREAM": NODE_UPSTREAM,
+        }
 
 
 class Nginx(Target):
@@ -313,6 +372,8 @@ class FastapiProxyLib(UvicornPeer):
 
 
 ALL_TARGETS = ("direct", "gateway", "nginx", "asgiproxy", "fastapi-proxy-lib")
+# Not in the default run: the cost of the middleware stack and of an upstream pool.
+EXTRA_TARGETS = ("gateway-bare", "gateway-pool")
 
 
 def make_targets(names: list[str], gateway_cmd: str, *, gateway_live: bool = False) -> list[Target]:
@@ -322,6 +383,8 @@ def make_targets(names: list[str], gateway_cmd: str, *, gateway_live: bool = Fal
         "nginx": Nginx(),
         "asgiproxy": AsgiProxy(),
         "fastapi-proxy-lib": FastapiProxyLib(),
+        "gateway-bare": GatewayBare(gateway_cmd, live=gateway_live),
+        "gateway-pool": GatewayPool(gateway_cmd, live=gateway_live),
     }
     return [table[n] for n in names]
 
