@@ -28,6 +28,11 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
 from gateway.app import close_websockets, create_admin_app, create_app, reload_app
 from gateway.proxy.websocket_rules import wire_max_size
 from gateway.settings import ConfigError, Settings, load_settings
@@ -53,7 +58,13 @@ CERT_POLL_S = 2.0
 
 
 class _Config(uvicorn.Config):
-    """uvicorn's Config with the TLS context hardened (TLS 1.2+, ALPN http/1.1)."""
+    """uvicorn's Config with the TLS context hardened (TLS 1.2+, ALPN http/1.1).
+
+    ``header_timeout_s`` and ``max_head_bytes`` are read by ``_HTTPProtocol``.
+    """
+
+    header_timeout_s: float | None = None
+    max_head_bytes: int | None = None
 
     def load(self) -> None:
         super().load()
@@ -98,6 +109,116 @@ class _WebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             self.handshake_complete = True
+
+
+_HEAD_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 20\r\nconnection: close\r\n\r\n408 Request Timeout\n"
+)
+_HEAD_TOO_LARGE_RESPONSE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: text/plain; charset=utf-8\r\ncontent-length: 36\r\n"
+    b"connection: close\r\n\r\n431 Request Header Fields Too Large\n"
+)
+
+
+if HttpToolsProtocol is not None:
+
+    class _HTTPProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol with two defences it lacks (slowloris, huge heads).
+
+        - uvicorn arms no timer on a new connection nor while a request head arrives
+          (its keep-alive timer is cancelled by the first byte), so a client that opens
+          a connection and sends nothing, or one header byte at a time, holds it for
+          ever.  Here the request head must be complete within ``header_timeout_s``
+          (nginx ``client_header_timeout``): otherwise 408 (or a silent close if not
+          a byte came) and the connection is closed.
+        - httptools buffers a header field of any size before the app can judge it;
+          a head over ``max_head_bytes`` gets 431 and the connection is closed.
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._head_timeout_s: float | None = getattr(self.config, "header_timeout_s", None)
+            self._max_head_bytes: int | None = getattr(self.config, "max_head_bytes", None)
+            self._head_timer: asyncio.TimerHandle | None = None
+            self._head_bytes = 0
+            self._awaiting_head = True
+
+        def _arm_head_timer(self) -> None:
+            if self._head_timer is None and self._head_timeout_s is not None:
+                self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_expired)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_expired(self) -> None:
+            self._head_timer = None
+            if not self._awaiting_head or self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a request is being answered; its own timeouts apply
+            if self._head_bytes:
+                self.transport.write(_HEAD_TIMEOUT_RESPONSE)
+            self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._awaiting_head:
+                self._arm_head_timer()
+                self._head_bytes += len(data)
+            super().data_received(data)
+            if (
+                self._awaiting_head
+                and self._max_head_bytes is not None
+                and self._head_bytes > self._max_head_bytes
+                and not self.transport.is_closing()
+            ):
+                self._cancel_head_timer()
+                self.transport.write(_HEAD_TOO_LARGE_RESPONSE)
+                self.transport.close()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._awaiting_head = True
+            self._arm_head_timer()
+
+        def on_headers_complete(self) -> None:
+            self._awaiting_head = False
+            self._head_bytes = 0
+            self._cancel_head_timer()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            # The next request's head: counted (and timed) from its first byte on.
+            self._awaiting_head = True
+            self._head_bytes = 0
+
+    HTTP_PROTOCOL: Any = _HTTPProtocol
+else:  # pragma: no cover
+    HTTP_PROTOCOL = "auto"
+
+
+def max_head_bytes(settings: Settings) -> int:
+    """The most bytes a request head may take before the server refuses it (431).
+
+    Generous on purpose - the exact limits are judged by ``RequestLimitsMiddleware``
+    (per route, after parsing); this only bounds what the parser buffers.  Covers the
+    largest route limits configured at start.
+    """
+    limits = [settings.limits] + [r.limits for r in settings.routes if r.limits is not None]
+    largest = max(lim.max_header_bytes + lim.max_url_bytes for lim in limits)
+    return 2 * largest + 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -150,10 +271,10 @@ def uvicorn_config(
     app: object, settings: Settings, pair: CertificatePair | None, *, access_log: bool = False
 ) -> uvicorn.Config:
     """uvicorn settings for a gateway listener: fastest loop/parser available, our TLS."""
-    return _Config(
+    config = _Config(
         app,  # type: ignore[arg-type]
         loop="auto",
-        http="auto",
+        http=HTTP_PROTOCOL,
         ws=_WebSocketProtocol,
         lifespan="on",
         ssl_certfile=str(pair.certfile) if pair else None,
@@ -175,6 +296,9 @@ def uvicorn_config(
         access_log=access_log,
         log_config=None,
     )
+    config.header_timeout_s = settings.timeouts.header_s
+    config.max_head_bytes = max_head_bytes(settings)
+    return config
 
 
 ServerList = list[tuple[uvicorn.Server, list[socket.socket]]]

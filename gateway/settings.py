@@ -123,8 +123,14 @@ class TimeoutSettings(_Section):
     pool_s: float = Field(5.0, gt=0)
     websocket_idle_s: float = Field(86400.0, gt=0)
     shutdown_grace_s: float = Field(10.0, ge=0)
+    # Client side: the request head must arrive within header_s of the connection or of the
+    # head's first byte (408, nginx client_header_timeout; listener-wide, not per route).
+    header_s: float = Field(60.0, gt=0)
     # Client side: between two reads of the request body (408), and a whole request (504).
     body_s: float | None = Field(60.0, gt=0)
+    # Client side: between two writes of the response body to a client that stopped
+    # reading (the connection is cut; nginx send_timeout).
+    send_s: float | None = Field(60.0, gt=0)
     request_s: float | None = Field(None, gt=0)
 
 

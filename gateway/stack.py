@@ -100,7 +100,10 @@ class StackBuilder:
 
         timeouts = route.timeouts or s.timeouts
         app = TimeoutsMiddleware(
-            app, body_timeout_s=timeouts.body_s, request_timeout_s=timeouts.request_s
+            app,
+            body_timeout_s=timeouts.body_s,
+            request_timeout_s=timeouts.request_s,
+            send_timeout_s=timeouts.send_s,
         )
         limits = route.limits or s.limits
         app = RequestLimitsMiddleware(

@@ -7,6 +7,10 @@
   does not make the client late.  Expiry -> 408.
 - ``request_timeout_s``: the whole exchange, from the request start until the app
   returns (request body, backend, response body).  Expiry -> 504.
+- ``send_timeout_s``: the longest one piece of the response body may wait for the
+  client to take it (nginx ``send_timeout``: between two successive writes), so a
+  client that stops reading a large response does not hold the backend connection
+  and the task for ever.  Expiry cuts the connection (the response has started).
 
 On expiry the app is cancelled (the proxy drops its backend connection, so the
 backend sees a disconnect).  If no response has started, the client gets the status
@@ -37,17 +41,27 @@ _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 def check_deadlines(
-    now: float, *, body_deadline: float | None, request_deadline: float | None
+    now: float,
+    *,
+    body_deadline: float | None,
+    request_deadline: float | None,
+    send_deadline: float | None = None,
 ) -> tuple[int | None, float | None]:
     """``(status, None)`` once a deadline has passed, else ``(None, next deadline)``.
 
     ``body_deadline`` is when the current wait for the request body expires (None when
     the app is not waiting for it), ``request_deadline`` when the request does.  When
     both have passed, the earlier one decides: 408 for the body, 504 for the request.
+    ``send_deadline`` is when the current wait for the client to take a piece of the
+    response expires (408: the client is too slow).
     """
     pending = [
         (deadline, status)
-        for deadline, status in ((body_deadline, 408), (request_deadline, 504))
+        for deadline, status in (
+            (body_deadline, 408),
+            (request_deadline, 504),
+            (send_deadline, 408),
+        )
         if deadline is not None
     ]
     if not pending:
@@ -86,15 +100,18 @@ class TimeoutsMiddleware:
         *,
         body_timeout_s: float | None = 60,
         request_timeout_s: float | None = None,
+        send_timeout_s: float | None = None,
     ) -> None:
         self.app = app
         self.body_timeout_s = _check_timeout("body_timeout_s", body_timeout_s)
         self.request_timeout_s = _check_timeout("request_timeout_s", request_timeout_s)
+        self.send_timeout_s = _check_timeout("send_timeout_s", send_timeout_s)
 
     def __repr__(self) -> str:
         return (
             f"TimeoutsMiddleware(body_timeout_s={self.body_timeout_s!r}, "
-            f"request_timeout_s={self.request_timeout_s!r})"
+            f"request_timeout_s={self.request_timeout_s!r}, "
+            f"send_timeout_s={self.send_timeout_s!r})"
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,10 +121,16 @@ class TimeoutsMiddleware:
         body_timeout_s = self.body_timeout_s
         if body_timeout_s is not None and not has_request_body(scope["headers"]):
             body_timeout_s = None
-        if body_timeout_s is None and self.request_timeout_s is None:
+        if (
+            body_timeout_s is None
+            and self.request_timeout_s is None
+            and self.send_timeout_s is None
+        ):
             await self.app(scope, receive, send)
             return
-        deadlines = _Deadlines(scope, receive, send, body_timeout_s, self.request_timeout_s)
+        deadlines = _Deadlines(
+            scope, receive, send, body_timeout_s, self.request_timeout_s, self.send_timeout_s
+        )
         await deadlines.run(self.app)
 
 
@@ -121,6 +144,7 @@ class _Deadlines:
         send: Send,
         body_timeout_s: float | None,
         request_timeout_s: float | None,
+        send_timeout_s: float | None = None,
     ) -> None:
         self.scope = scope
         self._receive = receive
@@ -132,11 +156,14 @@ class _Deadlines:
         self.body_timeout_s = body_timeout_s
         self.body_done = body_timeout_s is None
         self.waiting_since: float | None = None
+        self.send_timeout_s = send_timeout_s
+        self.sending_since: float | None = None
         self.request_deadline = (
             None if request_timeout_s is None else self.loop.time() + request_timeout_s
         )
         self.timer: asyncio.TimerHandle | None = None
         self.expired: int | None = None
+        self.expired_what = "request"
         self.response_started = False
 
     async def run(self, app: ASGIApp) -> None:
@@ -175,7 +202,15 @@ class _Deadlines:
             return  # the answer is ours now
         if message["type"] == "http.response.start":
             self.response_started = True
-        await self._send(message)
+        if self.send_timeout_s is None or message["type"] != "http.response.body":
+            await self._send(message)
+            return
+        self.sending_since = now = self.loop.time()
+        self._arm(now + self.send_timeout_s)
+        try:
+            await self._send(message)
+        finally:
+            self.sending_since = None
 
     def _arm(self, when: float) -> None:
         # A timer due earlier will look again when it fires: no need to move it.
@@ -190,13 +225,23 @@ class _Deadlines:
         body_deadline = None
         if self.waiting_since is not None and self.body_timeout_s is not None:
             body_deadline = self.waiting_since + self.body_timeout_s
+        send_deadline = None
+        if self.sending_since is not None and self.send_timeout_s is not None:
+            send_deadline = self.sending_since + self.send_timeout_s
         status, wake_at = check_deadlines(
             self.loop.time() + _CLOCK_RESOLUTION,
             body_deadline=body_deadline,
             request_deadline=self.request_deadline,
+            send_deadline=send_deadline,
         )
         if status is not None:
             self.expired = status
+            sending = send_deadline is not None and (
+                body_deadline is None or send_deadline <= body_deadline
+            )
+            self.expired_what = (
+                "request" if status == 504 else "response send" if sending else "request body"
+            )
             self.task.cancel()
         elif wake_at is not None:
             self._arm(wake_at)
@@ -207,7 +252,7 @@ class _Deadlines:
             "%s %s: %s timed out (%s): client=%s",
             self.scope["method"],
             self.scope["path"],
-            "request body" if status == 408 else "request",
+            self.expired_what,
             "answered" if not self.response_started else "connection cut",
             client[0] if client else "-",
         )

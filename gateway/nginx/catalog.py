@@ -89,11 +89,11 @@ GENERIC: dict[str, tuple[str, str]] = {
     "reset_timedout_connection": (NOT_NEEDED, _CLIENT_KEEPALIVE),
     "client_header_timeout": (
         APPROXIMATED,
-        "uvicorn closes a connection whose request head does not arrive in 5 s",
+        "not translated: timeouts.header_s (default 60 s, listener-wide) bounds the request head",
     ),
     "send_timeout": (
         APPROXIMATED,
-        "not translated: the gateway has no timeout for a client that stops reading",
+        "not translated: timeouts.send_s (default 60 s) cuts a client that stops reading",
     ),
     "client_header_buffer_size": (NOT_NEEDED, _STREAMS),
     "large_client_header_buffers": (
