@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import multiprocessing
 import os
@@ -464,6 +465,11 @@ def plain_server(
 
 def run_servers(servers: ServerList, reloader: Reloader | None = None) -> None:
     """Run ``servers`` in one event loop (uvloop when installed) until a signal stops them."""
+    # Everything built so far (settings, apps, imported modules) lives as long as the
+    # process: keep it out of the garbage collector's scans, whose full passes over it
+    # otherwise show up as tens of milliseconds of tail latency under load.
+    gc.collect()
+    gc.freeze()
     with (
         contextlib.suppress(KeyboardInterrupt),
         asyncio.Runner(loop_factory=_loop_factory()) as runner,
