@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.responses import send_text
+
 __all__ = ["OriginCheckMiddleware", "OriginRules", "origin_allowed", "origin_refusal"]
 
 logger = logging.getLogger("gateway.origin")
@@ -180,7 +182,7 @@ class OriginCheckMiddleware:
         if checked:
             reason = self._refusal(scope)
             if reason is not None:
-                await _forbidden(scope, send, reason)
+                await send_text(scope, send, 403, f"403 Forbidden: {reason}")
                 return
         await self.app(scope, receive, send)
 
@@ -207,22 +209,3 @@ class OriginCheckMiddleware:
                 reason,
             )
         return reason
-
-
-async def _forbidden(scope: Scope, send: Send, reason: str) -> None:
-    body = f"403 Forbidden: {reason}\n".encode()
-    start = {
-        "status": 403,
-        "headers": [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
-    if scope["type"] == "http":
-        await send({"type": "http.response.start", **start})
-        await send({"type": "http.response.body", "body": body})
-    elif "websocket.http.response" in scope.get("extensions", {}):
-        await send({"type": "websocket.http.response.start", **start})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:  # a close before accept becomes a bare 403 in every ASGI server
-        await send({"type": "websocket.close", "code": 1008})
