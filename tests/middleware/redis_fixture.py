@@ -66,7 +66,7 @@ def redis_server(folder: Path) -> Iterator[RedisServer]:
     """Run redis-server on a free 127.0.0.1 port with ``folder`` as its directory."""
     executable = shutil.which("redis-server")
     if executable is None:
-        # scripts/test installs it; in CI a missing server must fail, not skip quietly.
+        # scripts/setup installs it; in CI a missing server must fail, not skip quietly.
         message = "redis-server is not installed (apt-get install redis-server)"
         if os.environ.get("CI"):
             pytest.fail(message)
