@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.lifespan import serve_lifespan
 from gateway.metrics import Metrics, route_label
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ class AdminApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return  # a WebSocket handshake is refused with 403 by the server
@@ -250,16 +251,6 @@ def admin_app(
     return AdminApp(
         metrics=metrics, status_source=status_source, ready=ready, allowed_hosts=allowed_hosts
     )
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _respond(

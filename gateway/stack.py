@@ -85,18 +85,22 @@ class StackBuilder:
             self.problems.append(f"{key}: {exc}")
             return None
 
+    def layer(
+        self, app: ASGIApp, where: str, middleware: Callable[..., ASGIApp], /, **options: Any
+    ) -> ASGIApp:
+        """``middleware(app, **options)``; a bad option is recorded under the key ``where``."""
+        return self.make(where, lambda: middleware(app, **options)) or app
+
     def wrap(self, app: ASGIApp, route: RouteSettings, index: int) -> ASGIApp:
         """``app`` (a route's proxy) inside the route's middleware stack."""
         s = self.settings
-        key = f"routes.{index}."
-        trusted = tuple(s.forwarding.trusted_proxies)
 
         def own(name: str) -> str:
             # Problems name the section that was used: the route's own or the global one.
-            return f"{key}{name}" if getattr(route, name) is not None else name
+            return f"routes.{index}.{name}" if getattr(route, name) is not None else name
 
         for number, spec in reversed(list(enumerate(route.middleware or s.middleware))):
-            app = self._user(app, spec, f"{own('middleware')}.{number}") or app
+            app = self._user(app, spec, f"{own('middleware')}.{number}")
 
         timeouts = route.timeouts or s.timeouts
         app = TimeoutsMiddleware(
@@ -120,75 +124,55 @@ class StackBuilder:
             else {}
         )
         response_set.update(headers.response_set)
-        app = (
-            self.make(
-                own("headers"),
-                lambda: HeadersMiddleware(
-                    app,
-                    request_set=headers.request_set,
-                    request_add=headers.request_add,
-                    request_remove=headers.request_remove,
-                    response_set=response_set,
-                    response_add=headers.response_add,
-                    response_remove=headers.response_remove,
-                    hide_backend=headers.hide_backend,
-                ),
-            )
-            or app
+        app = self.layer(
+            app,
+            own("headers"),
+            HeadersMiddleware,
+            request_set=headers.request_set,
+            request_add=headers.request_add,
+            request_remove=headers.request_remove,
+            response_set=response_set,
+            response_add=headers.response_add,
+            response_remove=headers.response_remove,
+            hide_backend=headers.hide_backend,
         )
         origin = route.origin or s.origin
-        app = (
-            self.make(
-                own("origin"),
-                lambda: OriginCheckMiddleware(
-                    app,
-                    allow=origin.allow,
-                    allow_missing=origin.allow_missing,
-                    methods=origin.http_methods,
-                ),
-            )
-            or app
+        app = self.layer(
+            app,
+            own("origin"),
+            OriginCheckMiddleware,
+            allow=origin.allow,
+            allow_missing=origin.allow_missing,
+            methods=origin.http_methods,
         )
         auth = route.auth or s.auth
-        if auth is not None and auth.basic_users:
-            app = (
-                self.make(
-                    own("auth"),
-                    lambda: BasicAuthMiddleware(
-                        app,
-                        users=auth.basic_users,
-                        realm=auth.realm,
-                        forward_authorization=auth.forward_authorization,
-                    ),
-                )
-                or app
+        if auth is not None:
+            # Settings allow exactly one of the two schemes.
+            gate, credentials = (
+                (BasicAuthMiddleware, {"users": auth.basic_users})
+                if auth.basic_users
+                else (BearerTokenMiddleware, {"tokens": auth.bearer_tokens})
             )
-        elif auth is not None and auth.bearer_tokens:
-            app = (
-                self.make(
-                    own("auth"),
-                    lambda: BearerTokenMiddleware(
-                        app,
-                        tokens=auth.bearer_tokens,
-                        realm=auth.realm,
-                        forward_authorization=auth.forward_authorization,
-                    ),
-                )
-                or app
+            app = self.layer(
+                app,
+                own("auth"),
+                gate,
+                realm=auth.realm,
+                forward_authorization=auth.forward_authorization,
+                **credentials,
             )
         limit = route.rate_limit or s.rate_limit
         if limit.rate_per_s is not None:
             app = self._rate_limit(app, limit, route, own("rate_limit"))
         ip = route.ip or s.ip
         if ip.allow or ip.deny:
-            app = (
-                self.make(
-                    own("ip"),
-                    lambda: IPFilterMiddleware(
-                        app, allow=ip.allow, deny=ip.deny, trusted_proxies=trusted
-                    ),
-                )
-                or app
+            app = self.layer(
+                app,
+                own("ip"),
+                IPFilterMiddleware,
+                allow=ip.allow,
+                deny=ip.deny,
+                trusted_proxies=tuple(s.forwarding.trusted_proxies),
             )
         return app
 
@@ -198,24 +182,18 @@ class StackBuilder:
         store = self._store(limit, key)
         if store is None:
             return app
-        rate_per_s = limit.rate_per_s
-        assert rate_per_s is not None
-        return (
-            self.make(
-                key,
-                lambda: RateLimitMiddleware(
-                    app,
-                    rate_per_s=rate_per_s,
-                    burst=limit.burst,
-                    key="ip+route" if limit.per_route else "ip",
-                    route=route.prefix,
-                    store=store,
-                    max_concurrent_per_ip=limit.max_concurrent_per_ip,
-                    max_websockets_per_ip=limit.max_websockets_per_ip,
-                    trusted_proxies=tuple(self.settings.forwarding.trusted_proxies),
-                ),
-            )
-            or app
+        return self.layer(
+            app,
+            key,
+            RateLimitMiddleware,
+            rate_per_s=limit.rate_per_s,
+            burst=limit.burst,
+            key="ip+route" if limit.per_route else "ip",
+            route=route.prefix,
+            store=store,
+            max_concurrent_per_ip=limit.max_concurrent_per_ip,
+            max_websockets_per_ip=limit.max_websockets_per_ip,
+            trusted_proxies=tuple(self.settings.forwarding.trusted_proxies),
         )
 
     def _store(self, limit: RateLimitSettings, key: str) -> RateStore | None:
@@ -235,9 +213,8 @@ class StackBuilder:
                 self._global_store = store
         return store
 
-    def _user(self, app: ASGIApp, spec: MiddlewareSpec, key: str) -> ASGIApp | None:
+    def _user(self, app: ASGIApp, spec: MiddlewareSpec, key: str) -> ASGIApp:
         factory = self.make(f"{key}.path", lambda: load_middleware(spec.path))
         if factory is None:
-            return None
-        options: dict[str, Any] = spec.options
-        return self.make(f"{key}.options", lambda: factory(app, **options))
+            return app
+        return self.layer(app, f"{key}.options", factory, **spec.options)

@@ -174,3 +174,18 @@ def test_unknown_upstream_name_is_named() -> None:
             upstreams={"app": {"targets": [{"url": "http://a:1"}]}},
             routes=[{"prefix": "/", "upstream": "api"}],
         )
+
+
+async def test_rate_limit_and_ip_sections_from_settings(
+    backend: Backend, gateway_factory: GatewayFactory, client: httpx.AsyncClient
+) -> None:
+    upstream = f"http://127.0.0.1:{backend.port}"
+    async with gateway_factory(
+        upstream, rate_limit={"rate_per_s": 0.01, "burst": 1}, ip={"deny": ["10.0.0.0/8"]}
+    ) as url:
+        first = await client.get(f"{url}/echo")
+        second = await client.get(f"{url}/echo")
+    assert first.status_code == 200
+    assert second.status_code == 429
+    assert second.headers["retry-after"].isdigit()
+    assert len(backend.requests) == 1

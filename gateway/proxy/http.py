@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.lifespan import serve_lifespan
 from gateway.proxy.forwarding import (
     ForwardingOptions,
     request_headers,
@@ -145,18 +146,13 @@ class ReverseProxy:
             await send({"type": "websocket.close", "code": 1008})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if self.pool is not None:
-                    await self.pool.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                if self.pool is not None:
-                    await self.pool.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        async def shutdown() -> None:
+            await self.aclose()
+            if self.pool is not None:
+                await self.pool.aclose()
+
+        startup = self.pool.start if self.pool is not None else None
+        await serve_lifespan(receive, send, startup=startup, shutdown=shutdown)
 
     def _build_request(self, scope: Scope, receive: Receive) -> httpx.Request:
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")

@@ -49,6 +49,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import USER_AGENT, Request
 from websockets.typing import Subprotocol
 
+from gateway.lifespan import serve_lifespan
 from gateway.proxy.forwarding import ForwardingOptions
 from gateway.proxy.websocket_rules import (
     TEXT_PLAIN,
@@ -292,18 +293,13 @@ class WebSocketProxy:
             await self._lifespan(receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                if self.pool is not None:
-                    await self.pool.start()
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.shutdown()
-                if self.pool is not None:
-                    await self.pool.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        async def shutdown() -> None:
+            await self.shutdown()
+            if self.pool is not None:
+                await self.pool.aclose()
+
+        startup = self.pool.start if self.pool is not None else None
+        await serve_lifespan(receive, send, startup=startup, shutdown=shutdown)
 
     def _open(self, scope: Scope, endpoint: _Endpoint) -> _BackendConnect:
         """A websockets ``connect`` for this client's handshake (raises ValueError on bad input)."""
