@@ -287,7 +287,8 @@ class HeadersMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        variables = request_variables(scope, self._variables)
+        # Most rule sets (the security preset) use no variables: skip building them.
+        variables = request_variables(scope, self._variables) if self._variables else {}
         if self.request_rules:
             headers = apply_rules(scope["headers"], self.request_rules, variables)
             scope = {**scope, "headers": headers}
