@@ -11,11 +11,11 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin import GatewayStatus, admin_app
@@ -160,7 +160,7 @@ def build_gateway(settings: Settings, metrics: Metrics | None = None) -> Gateway
         if route.upstream is not None and route.websocket:
             bridge = websocket_bridge(settings, route, upstreams.get(route.upstream))
             bridges.append(bridge)
-            ws_app = builder.wrap(bridge, route, index)
+            ws_app = builder.wrap(bridge, route, index, websocket=True)
         if metrics is not None and http_app is not None:
             # Outside the route's stack, so its own answers (401, 429, 413...) count too.
             label = route_label(route.prefix, route.hosts)
@@ -200,15 +200,48 @@ def websocket_bridge(
 
 
 class _Live:
-    """The live configuration's request path; ``reload_app`` swaps it between requests."""
+    """The live configuration; ``reload_app`` swaps it between requests."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         # Replaced configurations: closed at shutdown, once nothing can still use them.
         self.retired: list[Gateway] = []
 
+
+class _GatewayApp(Starlette):
+    """Starlette with its lifespan and user middleware, but requests go straight to ``live``.
+
+    Starlette's own layers (error page, exception handlers, path router) would wrap
+    every request and response message again, and a proxy uses none of them: routing
+    is ``gateway.routing``'s, and a crash is answered 500 by the server all the same.
+    """
+
+    def __init__(self, live: _Live, **options: Any) -> None:
+        super().__init__(**options)
+        self.live = live
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app: ASGIApp = _Dispatch(self.live, self.router)
+        for middleware in reversed(self.user_middleware):
+            factory, args, kwargs = middleware
+            app = factory(app, *args, **kwargs)
+        return app
+
+
+class _Dispatch:
+    """Requests and WebSocket sessions to the live gateway, lifespan to Starlette's router."""
+
+    __slots__ = ("live", "router")
+
+    def __init__(self, live: _Live, router: ASGIApp) -> None:
+        self.live = live
+        self.router = router
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.gateway.app(scope, receive, send)
+        if scope["type"] == "lifespan":
+            await self.router(scope, receive, send)
+        else:
+            await self.live.gateway.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -228,7 +261,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for gateway in [live.gateway, *live.retired]:
                 await gateway.aclose()
 
-    middleware = []
+    middleware: list[Middleware] = []
     if settings.log.access_log:
         # Outermost: one line per request, whatever layer answered it.
         middleware.append(
@@ -238,7 +271,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 trusted_proxies=tuple(str(n) for n in settings.forwarding.trusted_proxies),
             )
         )
-    app = Starlette(routes=[Mount("", app=live)], middleware=middleware, lifespan=lifespan)
+    app = _GatewayApp(live, middleware=middleware, lifespan=lifespan)
     app.state.live = live
     app.state.metrics = metrics
     app.state.settings = settings

@@ -91,8 +91,14 @@ class StackBuilder:
         """``middleware(app, **options)``; a bad option is recorded under the key ``where``."""
         return self.make(where, lambda: middleware(app, **options)) or app
 
-    def wrap(self, app: ASGIApp, route: RouteSettings, index: int) -> ASGIApp:
-        """``app`` (a route's proxy) inside the route's middleware stack."""
+    def wrap(
+        self, app: ASGIApp, route: RouteSettings, index: int, *, websocket: bool = False
+    ) -> ASGIApp:
+        """``app`` (a route's HTTP proxy, or with ``websocket`` its bridge) in the route's stack.
+
+        Layers that do nothing for the kind of scope ``app`` serves are left out (they
+        are still built, so that their settings are checked).
+        """
         s = self.settings
 
         def own(name: str) -> str:
@@ -102,13 +108,14 @@ class StackBuilder:
         for number, spec in reversed(list(enumerate(route.middleware or s.middleware))):
             app = self._user(app, spec, f"{own('middleware')}.{number}")
 
-        timeouts = route.timeouts or s.timeouts
-        app = TimeoutsMiddleware(
-            app,
-            body_timeout_s=timeouts.body_s,
-            request_timeout_s=timeouts.request_s,
-            send_timeout_s=timeouts.send_s,
-        )
+        if not websocket:  # client-side HTTP deadlines; a session has its idle timeout
+            timeouts = route.timeouts or s.timeouts
+            app = TimeoutsMiddleware(
+                app,
+                body_timeout_s=timeouts.body_s,
+                request_timeout_s=timeouts.request_s,
+                send_timeout_s=timeouts.send_s,
+            )
         limits = route.limits or s.limits
         app = RequestLimitsMiddleware(
             app,
@@ -137,7 +144,7 @@ class StackBuilder:
             hide_backend=headers.hide_backend,
         )
         origin = route.origin or s.origin
-        app = self.layer(
+        checked = self.layer(
             app,
             own("origin"),
             OriginCheckMiddleware,
@@ -145,6 +152,8 @@ class StackBuilder:
             allow_missing=origin.allow_missing,
             methods=origin.http_methods,
         )
+        if websocket or origin.http_methods:  # HTTP requests: only the chosen methods
+            app = checked
         auth = route.auth or s.auth
         if auth is not None:
             # Settings allow exactly one of the two schemes.

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -129,6 +129,15 @@ class HeaderRules:
     remove: frozenset[bytes] = frozenset()
     set: tuple[tuple[bytes, Template], ...] = ()
     add: tuple[tuple[bytes, Template], ...] = ()
+    # Worked out once from the three above: the names to drop (removed or set) and, when
+    # no template uses a variable, the finished headers to append.
+    drop: frozenset[bytes] = field(init=False, repr=False, compare=False)
+    fixed: tuple[tuple[bytes, bytes], ...] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "drop", self.remove.union(name for name, _ in self.set))
+        fixed = None if self.variables else tuple(_rendered(self.set + self.add, {}))
+        object.__setattr__(self, "fixed", fixed)
 
     @classmethod
     def compile(
@@ -165,16 +174,25 @@ class HeaderRules:
         return replace(self, set=keep, add=tuple(rule for rule in self.add if rule[0] != name))
 
 
+def _rendered(
+    rules: Iterable[tuple[bytes, Template]], variables: Mapping[str, str]
+) -> list[tuple[bytes, bytes]]:
+    """The headers ``rules`` make with ``variables``; an empty value makes none."""
+    out = []
+    for name, template in rules:
+        value = render(template, variables)
+        if value:
+            out.append((name, value.encode("latin-1")))
+    return out
+
+
 def apply_rules(
     headers: Iterable[tuple[bytes, bytes]], rules: HeaderRules, variables: Mapping[str, str]
 ) -> Headers:
     """``headers`` after the rules' remove, set and add, with ``variables`` rendered."""
-    drop = rules.remove.union(name for name, _ in rules.set)
+    drop = rules.drop
     out = [(name, value) for name, value in headers if name.lower() not in drop]
-    for name, template in rules.set + rules.add:
-        value = render(template, variables)
-        if value:
-            out.append((name, value.encode("latin-1")))
+    out += rules.fixed if rules.fixed is not None else _rendered(rules.set + rules.add, variables)
     return out
 
 

@@ -71,7 +71,9 @@ def choose_request_id(
     if trust_incoming and len(incoming) == 1 and is_sane_request_id(incoming[0]):
         return incoming[0].decode("ascii")
     generated = generator()
-    if not is_sane_request_id(generated.encode("latin-1", "replace")):
+    if generator is not new_request_id and not is_sane_request_id(
+        generated.encode("latin-1", "replace")
+    ):
         raise ValueError(f"request id generator returned an unusable id: {generated!r:.80}")
     return generated
 
@@ -120,7 +122,8 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         name = self.header
-        incoming = [value for key, value in scope["headers"] if key.lower() == name]
+        headers = scope["headers"]
+        incoming = [value for key, value in headers if key.lower() == name]
         request_id = choose_request_id(
             incoming, trust_incoming=self.trust_incoming, generator=self.generator
         )
@@ -128,7 +131,8 @@ class RequestIdMiddleware:
         # The state dict is shared with the outer layers (uvicorn, access logs); the
         # headers list is not ours to mutate, so the app gets a scope with a new one.
         scope.setdefault("state", {})["request_id"] = request_id
-        scope = {**scope, "headers": replace_header(scope["headers"], name, value)}
+        headers = replace_header(headers, name, value) if incoming else [*headers, (name, value)]
+        scope = {**scope, "headers": headers}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] in _RESPONSE_STARTS:

@@ -17,9 +17,11 @@ backend sees a disconnect).  If no response has started, the client gets the sta
 with ``Connection: close``; otherwise the response is left incomplete, which makes
 the server cut the connection - the only honest signal left.
 
-Each request uses at most one loop timer at a time, re-armed lazily: a steady upload
-costs one timer event per ``body_timeout_s``, not one per chunk.  WebSocket scopes
-pass through: the bridge has its own idle timeout.
+A request arms no loop timer of its own: the deadlines are checked on the ticks of
+one ``Watchdog`` per middleware (a quarter of the shortest timeout, at most 0.5 s),
+so a deadline fires at most one tick late and a request only costs a set insertion
+and a clock read per wait.  WebSocket scopes pass through: the bridge has its own
+idle timeout.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.responses import send_text
+from gateway.watchdog import Watchdog, tick_for
 
 __all__ = ["TimeoutsMiddleware", "check_deadlines", "has_request_body"]
 
@@ -106,6 +109,9 @@ class TimeoutsMiddleware:
         self.body_timeout_s = _check_timeout("body_timeout_s", body_timeout_s)
         self.request_timeout_s = _check_timeout("request_timeout_s", request_timeout_s)
         self.send_timeout_s = _check_timeout("send_timeout_s", send_timeout_s)
+        self.watchdog = Watchdog(
+            tick_for(self.body_timeout_s, self.request_timeout_s, self.send_timeout_s)
+        )
 
     def __repr__(self) -> str:
         return (
@@ -131,11 +137,11 @@ class TimeoutsMiddleware:
         deadlines = _Deadlines(
             scope, receive, send, body_timeout_s, self.request_timeout_s, self.send_timeout_s
         )
-        await deadlines.run(self.app)
+        await deadlines.run(self.app, self.watchdog)
 
 
 class _Deadlines:
-    """One request's deadlines, watched by a single lazily re-armed loop timer."""
+    """One request's deadlines, checked on the middleware's watchdog ticks."""
 
     def __init__(
         self,
@@ -161,15 +167,13 @@ class _Deadlines:
         self.request_deadline = (
             None if request_timeout_s is None else self.loop.time() + request_timeout_s
         )
-        self.timer: asyncio.TimerHandle | None = None
         self.expired: int | None = None
         self.expired_what = "request"
         self.response_started = False
 
-    async def run(self, app: ASGIApp) -> None:
-        if self.request_deadline is not None:
-            self._arm(self.request_deadline)
+    async def run(self, app: ASGIApp, watchdog: Watchdog) -> None:
         cancelling = self.task.cancelling()
+        watchdog.watch(self)
         try:
             await app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
@@ -181,14 +185,12 @@ class _Deadlines:
             if self.expired is not None:  # the app swallowed our cancellation
                 self.task.uncancel()
         finally:
-            if self.timer is not None:
-                self.timer.cancel()
+            watchdog.unwatch(self)
 
     async def receive(self) -> Message:
-        if self.body_done or self.body_timeout_s is None:
+        if self.body_done:
             return await self._receive()
-        self.waiting_since = now = self.loop.time()
-        self._arm(now + self.body_timeout_s)
+        self.waiting_since = self.loop.time()
         try:
             message = await self._receive()
         finally:
@@ -205,46 +207,37 @@ class _Deadlines:
         if self.send_timeout_s is None or message["type"] != "http.response.body":
             await self._send(message)
             return
-        self.sending_since = now = self.loop.time()
-        self._arm(now + self.send_timeout_s)
+        self.sending_since = self.loop.time()
         try:
             await self._send(message)
         finally:
             self.sending_since = None
 
-    def _arm(self, when: float) -> None:
-        # A timer due earlier will look again when it fires: no need to move it.
-        if self.timer is not None:
-            if self.timer.when() <= when:
-                return
-            self.timer.cancel()
-        self.timer = self.loop.call_at(when, self._fire)
-
-    def _fire(self) -> None:
-        self.timer = None
+    def check(self, now: float) -> bool:
+        """The watchdog's tick: cancel the app once a deadline has passed (then True)."""
         body_deadline = None
         if self.waiting_since is not None and self.body_timeout_s is not None:
             body_deadline = self.waiting_since + self.body_timeout_s
         send_deadline = None
         if self.sending_since is not None and self.send_timeout_s is not None:
             send_deadline = self.sending_since + self.send_timeout_s
-        status, wake_at = check_deadlines(
-            self.loop.time() + _CLOCK_RESOLUTION,
+        status, _ = check_deadlines(
+            now + _CLOCK_RESOLUTION,
             body_deadline=body_deadline,
             request_deadline=self.request_deadline,
             send_deadline=send_deadline,
         )
-        if status is not None:
-            self.expired = status
-            sending = send_deadline is not None and (
-                body_deadline is None or send_deadline <= body_deadline
-            )
-            self.expired_what = (
-                "request" if status == 504 else "response send" if sending else "request body"
-            )
-            self.task.cancel()
-        elif wake_at is not None:
-            self._arm(wake_at)
+        if status is None:
+            return False
+        self.expired = status
+        sending = send_deadline is not None and (
+            body_deadline is None or send_deadline <= body_deadline
+        )
+        self.expired_what = (
+            "request" if status == 504 else "response send" if sending else "request body"
+        )
+        self.task.cancel()
+        return True
 
     async def _answer(self, status: int) -> None:
         client = self.scope.get("client")
