@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,11 +237,11 @@ class _Dispatch:
         self.live = live
         self.router = router
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain function returning the app's awaitable: no frame of ours stays alive.
         if scope["type"] == "lifespan":
-            await self.router(scope, receive, send)
-        else:
-            await self.live.gateway.app(scope, receive, send)
+            return self.router(scope, receive, send)
+        return self.live.gateway.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

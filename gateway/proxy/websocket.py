@@ -67,6 +67,7 @@ from gateway.proxy.websocket_rules import (
     wire_max_size,
 )
 from gateway.upstream import Peer, Target, Upstream, client_address
+from gateway.watchdog import Watchdog, tick_for
 
 __all__ = ["WebSocketProxy", "is_websocket_upgrade", "wire_max_size"]
 
@@ -250,6 +251,8 @@ class WebSocketProxy:
         self.max_queue = max_queue
         self._sessions: set[_Session] = set()
         self._closing = False
+        # Idle timeouts and backend pings are checked on this watchdog's ticks.
+        self.watchdog = Watchdog(tick_for(idle_timeout_s, ping_interval_s, ping_timeout_s))
 
     def __repr__(self) -> str:
         return f"WebSocketProxy({self.upstream!r})"
@@ -329,8 +332,8 @@ class WebSocketProxy:
             # Backends are reached directly, never through HTTP(S)_PROXY from the environment.
             proxy=None,
             open_timeout=self.open_timeout_s,
-            ping_interval=self.ping_interval_s,
-            ping_timeout=self.ping_timeout_s,
+            # The session pings on the watchdog's ticks: no keepalive task per connection.
+            ping_interval=None,
             close_timeout=self.close_timeout_s,
             # Compressed frames may exceed the message limit; the bridge checks messages.
             max_size=wire_max_size(self.max_message_bytes)
@@ -339,6 +342,12 @@ class WebSocketProxy:
             max_queue=self.max_queue,
             **options,
         )
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's outcome as seen (no "exception was never retrieved" warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _upgrade_required(send: Send) -> None:
@@ -379,13 +388,63 @@ class _Session:
         loop = asyncio.get_running_loop()
         self.last_activity = loop.time()
         self.finished: asyncio.Future[None] = loop.create_future()
-        self._stop: asyncio.Future[tuple[int, str]] = loop.create_future()
+        # The first reason to end the bridged session: a pump's, stop()'s or the idle check's.
+        self._ended: asyncio.Future[_Ending] = loop.create_future()
+        self._pumps_running = 0
+        self.stopping: tuple[int, str] | None = None  # set by stop()
+        # The backend leg's keepalive pings, driven by check().
+        self._backend: ClientConnection | None = None
+        self._next_ping_at = 0.0
+        self._ping_sent_at = 0.0
+        self._pinging: asyncio.Task[None] | None = None
+        self._pong: asyncio.Future[float] | None = None
         self.peer: Peer | None = None  # the upstream target in use, released at the end
 
     def stop(self, code: int, reason: str) -> None:
         """Ask the session to close both legs with ``code`` (used by ``shutdown``)."""
-        if not self._stop.done():
-            self._stop.set_result((code, reason))
+        if self.stopping is None:
+            self.stopping = (code, reason)
+            self._end(_Ending.both(code, reason))
+
+    def _end(self, ending: _Ending) -> None:
+        if not self._ended.done():
+            self._ended.set_result(ending)
+
+    def check(self, now: float) -> bool:
+        """The proxy watchdog's tick: the idle timeout (True once it ended the session)
+        and the backend leg's keepalive pings."""
+        if now - self.last_activity >= self.proxy.idle_timeout_s:
+            self._end(_Ending.both(CloseCode.GOING_AWAY, "idle timeout"))
+            return True
+        if self._backend is not None and self.proxy.ping_interval_s is not None:
+            self._keepalive(self._backend, now, self.proxy.ping_interval_s)
+        return False
+
+    def _keepalive(self, backend: ClientConnection, now: float, interval_s: float) -> None:
+        """Ping the backend every ``interval_s``; no pong within ``ping_timeout_s`` ends
+        the session as a lost backend (what websockets' own keepalive would do)."""
+        if self._pinging is not None and not self._pinging.done():
+            return
+        pong = self._pong
+        if pong is not None and not pong.done():
+            timeout_s = self.proxy.ping_timeout_s
+            if timeout_s is not None and now - self._ping_sent_at >= timeout_s:
+                self._pong = None
+                self.stats.backend_code = CloseCode.INTERNAL_ERROR
+                backend.transport.abort()
+                failure = gateway_error(502, "backend connection lost")
+                self._end(_Ending((failure.close_code, failure.reason), None))
+            return
+        if now >= self._next_ping_at:
+            self._ping_sent_at = now
+            self._next_ping_at = now + interval_s
+            self._pinging = asyncio.create_task(self._ping(backend))
+
+    async def _ping(self, backend: ClientConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):  # the pumps see the close
+            pong = asyncio.ensure_future(await backend.ping())  # a Future already
+            pong.add_done_callback(_retrieve)  # a close fails it: nobody else looks
+            self._pong = pong
 
     async def run(self) -> None:
         started = time.monotonic()
@@ -399,7 +458,7 @@ class _Session:
         finally:
             if self.peer is not None and self.proxy.pool is not None:
                 self.proxy.pool.release(self.peer)
-            self._stop.cancel()
+            self._ended.cancel()
             self.finished.set_result(None)
             self._log(time.monotonic() - started)
 
@@ -415,8 +474,8 @@ class _Session:
             backend = await self._connect_balanced(pool)
         if backend is None:
             return None
-        if self._stop.done():  # shutdown() began while we were connecting
-            await backend.close(*self._stop.result())
+        if self.stopping is not None:  # shutdown() began while we were connecting
+            await backend.close(*self.stopping)
             await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
             return None
         assert backend.response is not None  # set by a completed handshake
@@ -516,40 +575,41 @@ class _Session:
 
     async def _bridge(self, backend: ClientConnection) -> None:
         self.last_activity = asyncio.get_running_loop().time()
-        upstream = asyncio.create_task(self._client_to_backend(backend))
-        downstream = asyncio.create_task(self._backend_to_client(backend))
+        pumps = (
+            asyncio.create_task(self._client_to_backend(backend)),
+            asyncio.create_task(self._backend_to_client(backend)),
+        )
+        self._pumps_running = len(pumps)
+        for pump in pumps:
+            pump.add_done_callback(self._pump_done)
+        if self.proxy.ping_interval_s is not None:
+            self._backend = backend
+            self._next_ping_at = self.last_activity + self.proxy.ping_interval_s
+        # Idle sessions are found on the watchdog's ticks: no timer per session.
+        watchdog = self.proxy.watchdog
+        watchdog.watch(self)
         ending = _Ending.both(CloseCode.INTERNAL_ERROR, "internal error")
         try:
-            ending = await self._first_ending({upstream, downstream})
+            ending = await self._ended
         except asyncio.CancelledError:  # server shutdown, or the enclosing app gave up
             ending = _Ending.both(CloseCode.GOING_AWAY, "server shutdown")
             raise
         finally:
-            for pump in (upstream, downstream):
-                pump.cancel()
-            await asyncio.gather(upstream, downstream, return_exceptions=True)
+            watchdog.unwatch(self)
+            self._backend = None
+            tasks = (*pumps, self._pinging) if self._pinging is not None else pumps
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._finish(backend, ending)
 
-    async def _first_ending(self, pumps: set[asyncio.Task[_Ending | None]]) -> _Ending:
-        """Wait until a leg closes, the session idles out or ``stop()`` is called."""
-        loop = asyncio.get_running_loop()
-        waiting: set[asyncio.Future[Any]] = {*pumps, self._stop}
-        while True:
-            idle_left = self.last_activity + self.proxy.idle_timeout_s - loop.time()
-            if idle_left <= 0:
-                return _Ending.both(CloseCode.GOING_AWAY, "idle timeout")
-            done, _ = await asyncio.wait(
-                waiting, timeout=idle_left, return_when=asyncio.FIRST_COMPLETED
-            )
-            if self._stop in done:
-                return _Ending.both(*self._stop.result())
-            for pump in done:
-                waiting.discard(pump)
-                ending = self._pump_result(pump)
-                if ending is not None:
-                    return ending
-            if waiting == {self._stop}:  # both pumps ended without a close to relay
-                return _Ending(None, relay_client_close(CloseCode.ABNORMAL_CLOSURE, ""))
+    def _pump_done(self, pump: asyncio.Task[_Ending | None]) -> None:
+        self._pumps_running -= 1
+        ending = self._pump_result(pump)
+        if ending is not None:
+            self._end(ending)
+        elif self._pumps_running == 0:  # both pumps ended without a close to relay
+            self._end(_Ending(None, relay_client_close(CloseCode.ABNORMAL_CLOSURE, "")))
 
     def _pump_result(self, pump: asyncio.Future[Any]) -> _Ending | None:
         if pump.cancelled():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -17,7 +18,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from gateway.middleware.origin import OriginCheckMiddleware
 from gateway.proxy.websocket import WebSocketProxy, wire_max_size
@@ -32,7 +36,7 @@ from tests.proxy.ws_servers import (
     tls_bridge,
     ws_backend,
 )
-from tests.servers import raw_server
+from tests.servers import raw_server, read_request_head
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -478,6 +482,36 @@ async def test_backend_that_stops_answering_pings_is_closed_1011(
         )
         async with tls_bridge(proxy, cert_pair) as url, client(f"{url}/ws", client_ssl) as ws:
             assert (await closed_with(ws))[0] == 1011
+
+
+async def test_backend_leg_is_pinged_at_the_interval_and_pongs_keep_it_open(
+    cert_pair: CertificatePair, client_ssl: ssl.SSLContext
+) -> None:
+    pings: list[float] = []
+
+    async def answers_pings(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        protocol = ServerProtocol()
+        protocol.receive_data(await read_request_head(reader))
+        request = protocol.events_received()[0]
+        protocol.send_response(protocol.accept(request))  # type: ignore[arg-type]
+        writer.write(b"".join(protocol.data_to_send()))
+        while data := await reader.read(65536):
+            protocol.receive_data(data)
+            for event in protocol.events_received():
+                if isinstance(event, Frame) and event.opcode == Opcode.PING:
+                    pings.append(asyncio.get_running_loop().time())
+            writer.write(b"".join(protocol.data_to_send()))  # the pongs (and echoes none)
+
+    async with raw_server(answers_pings) as port:
+        proxy = WebSocketProxy(
+            f"http://127.0.0.1:{port}", ping_interval_s=0.2, ping_timeout_s=0.2, close_timeout_s=0.5
+        )
+        async with tls_bridge(proxy, cert_pair) as url, client(f"{url}/ws", client_ssl) as ws:
+            await asyncio.sleep(1.3)
+            assert ws.state is State.OPEN  # every ping was answered in time
+            assert proxy.active_sessions == 1
+    assert 3 <= len(pings) <= 8, pings  # about one per interval (tick 50 ms)
+    assert all(b - a >= 0.19 for a, b in itertools.pairwise(pings)), pings
 
 
 # Idle timeout and shutdown ----------------------------------------------------------------
