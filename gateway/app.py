@@ -165,8 +165,9 @@ def build_gateway(settings: Settings, metrics: Metrics | None = None) -> Gateway
             # Outside the route's stack, so its own answers (401, 429, 413...) count too.
             label = route_label(route.prefix, route.hosts)
             http_app = MetricsMiddleware(http_app, metrics=metrics, route=label)
+        dots = (route.limits or settings.limits).reject_dot_segments
         routes.append(
-            Route(route.prefix, http_app, ws_app, route.strip_prefix, hosts=tuple(route.hosts))
+            Route(route.prefix, http_app, ws_app, route.strip_prefix, tuple(route.hosts), dots)
         )
     builder.check()
     router = Router(routes)

@@ -21,6 +21,13 @@ Hosts compare case-insensitively against the Host header without its port (``[::
 is ``[::1]``) and without one trailing dot. A request without Host only matches routes
 without hosts; one with several Host headers gets 400 when any route names hosts.
 
+Dot segments: a route refuses (400) a request whose path has a ``.`` or ``..`` segment,
+literal or percent-encoded (:func:`has_dot_segment`), unless its ``reject_dot_segments``
+is off. Routes match the decoded path without resolving dot segments, so without this a
+backend that resolves them itself could turn ``/x/../api/secret``, routed to ``/``, into
+``/api/secret``, which a stricter route may guard. Browsers and curl resolve dot
+segments before sending, so no ordinary client sends one.
+
 Everything that can be is worked out when the table is built: routes are grouped by exact
 host in a dict and by wildcard suffix in another, each group sorted once, so one request
 costs a header scan, one dict lookup per wildcard depth in use and a few ``startswith``.
@@ -31,6 +38,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -40,6 +48,7 @@ __all__ = [
     "Route",
     "RouteTable",
     "Router",
+    "has_dot_segment",
     "match_route",
     "normalise_host",
     "normalise_host_pattern",
@@ -104,6 +113,8 @@ class Route:
 
     ``hosts`` empty means any host. ``strip_prefix`` hands the app the path below the
     prefix (as ASGI ``root_path``), like nginx ``proxy_pass http://backend/``.
+    ``reject_dot_segments`` answers 400 to a path with a ``.`` or ``..`` segment
+    (:func:`has_dot_segment`); off, the raw path reaches the app byte for byte.
     """
 
     prefix: str
@@ -111,10 +122,39 @@ class Route:
     websocket: ASGIApp | None
     strip_prefix: bool = False
     hosts: tuple[str, ...] = ()
+    reject_dot_segments: bool = True
 
     def __post_init__(self) -> None:
         hosts = tuple(dict.fromkeys(normalise_host_pattern(host) for host in self.hosts))
         object.__setattr__(self, "hosts", hosts)
+
+
+def has_dot_segment(raw_path: bytes) -> bool:
+    """True if ``raw_path`` has a ``.`` or ``..`` segment once percent-decoded.
+
+    Segments are separated by ``/`` and ``\\`` (some backends treat a backslash as one),
+    literal or encoded (``%2F``, ``%5C``); ``%2e`` is a dot in any case. A segment is
+    judged by its part before ``;`` (``..;x`` is ``..`` to Tomcat and Jetty). Decoded
+    once, as the router decodes: ``%252e`` is the ordinary segment ``%2e``.
+
+    ``/a/../b``, ``/a/%2E%2e/b``, ``/a/.%2e``, ``/a%2F..%2Fb``, ``/a\\..\\b``, ``/./a``,
+    ``/..;/a`` -> True; ``/a/b.txt``, ``/.well-known/x``, ``/...``, ``/a..b`` -> False.
+    """
+    if b"%" in raw_path:
+        path = unquote_to_bytes(raw_path)
+    elif b"." in raw_path:
+        path = raw_path
+    else:
+        return False
+    if b"\\" in path:
+        path = path.replace(b"\\", b"/")
+    # Most paths with a dot have it inside a name (app.js): no segment starts with one.
+    if b"/." not in path and not path.startswith(b"."):
+        return False
+    for segment in path.split(b"/"):
+        if segment[:1] == b"." and segment.partition(b";")[0] in (b".", b".."):
+            return True
+    return False
 
 
 def prefix_matches(prefix: str, path: str) -> bool:
@@ -216,8 +256,12 @@ def _host_header(scope: Scope) -> str | _Ambiguous | None:
     return None if found is None else found.decode("latin-1")
 
 
+_DOT_SEGMENT_TEXT = "400 Bad Request: '.' or '..' segment in the path"
+
+
 class Router:
-    """ASGI dispatcher over a route table; unmatched requests get 404 from the gateway."""
+    """ASGI dispatcher over a route table; unmatched requests get 404 from the gateway,
+    and a path with a dot segment 400 when its route refuses them."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.table = RouteTable(routes)
@@ -243,6 +287,11 @@ class Router:
         if route is None or app is None:
             await send_text(scope, send, 404)
             return
+        if route.reject_dot_segments:
+            raw_path: bytes | None = scope.get("raw_path")
+            if has_dot_segment(raw_path if raw_path is not None else path.encode()):
+                await send_text(scope, send, 400, _DOT_SEGMENT_TEXT)
+                return
         if route.strip_prefix and route.prefix != "/":
             scope = dict(scope)
             scope["root_path"] = root_path + route.prefix

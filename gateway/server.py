@@ -40,6 +40,7 @@ from gateway.settings import ConfigError, Settings, load_settings
 from gateway.tls import CertificatePair, RedirectToHttps, harden
 
 __all__ = [
+    "GatewayServer",
     "Listener",
     "Reloader",
     "bind",
@@ -61,11 +62,13 @@ CERT_POLL_S = 2.0
 class _Config(uvicorn.Config):
     """uvicorn's Config with the TLS context hardened (TLS 1.2+, ALPN http/1.1).
 
-    ``header_timeout_s`` and ``max_head_bytes`` are read by ``_HTTPProtocol``.
+    ``header_timeout_s`` and ``max_head_bytes`` are read by ``_HTTPProtocol``,
+    ``tls_handshake_timeout_s`` by ``GatewayServer``.
     """
 
     header_timeout_s: float | None = None
     max_head_bytes: int | None = None
+    tls_handshake_timeout_s: float | None = None
 
     def load(self) -> None:
         super().load()
@@ -73,11 +76,16 @@ class _Config(uvicorn.Config):
             harden(self.ssl)
 
 
-class _Server(uvicorn.Server):
-    """A uvicorn Server that leaves signal handling to ``_serve`` (it owns several servers).
+class GatewayServer(uvicorn.Server):
+    """A uvicorn Server for gateway listeners.
 
-    ``before_shutdown`` runs after the listeners stop accepting and before uvicorn
-    closes connections itself (which would close WebSockets with 1012).
+    - Signal handling is left to ``_serve`` (it owns several servers).
+    - A TLS handshake must complete within the config's ``tls_handshake_timeout_s``
+      (``timeouts.tls_handshake_s``), else the connection is dropped: uvicorn starts its
+      listeners without ``ssl_handshake_timeout``, which leaves asyncio's and uvloop's
+      fixed 60 s. Applies to listeners passed as ``sockets``, as the CLI does.
+    - ``before_shutdown`` runs after the listeners stop accepting and before uvicorn
+      closes connections itself (which would close WebSockets with 1012).
     """
 
     def __init__(
@@ -91,6 +99,38 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        config = self.config
+        timeout_s: float | None = getattr(config, "tls_handshake_timeout_s", None)
+        if sockets is None or config.ssl is None or timeout_s is None:
+            await super().startup(sockets)
+            return
+        # uvicorn's startup with no sockets runs the lifespan (and exits if it fails)
+        # and sets up the server state; the listeners are then started here, the same
+        # way plus the handshake timeout.
+        await super().startup(sockets=[])
+        self.started = False
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            server = await loop.create_server(
+                create_protocol,
+                sock=sock,
+                ssl=config.ssl,
+                backlog=config.backlog,
+                ssl_handshake_timeout=timeout_s,
+            )
+            self.servers.append(server)
+        self.started = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self._before_shutdown is not None:
@@ -298,11 +338,15 @@ def uvicorn_config(
         log_config=None,
     )
     config.header_timeout_s = settings.timeouts.header_s
+    config.tls_handshake_timeout_s = settings.timeouts.tls_handshake_s
     config.max_head_bytes = max_head_bytes(settings)
     return config
 
 
 ServerList = list[tuple[uvicorn.Server, list[socket.socket]]]
+
+# Read by the listeners when they start (``uvicorn_config``), not by the reloaded app.
+_LISTENER_TIMEOUTS = ("header_s", "tls_handshake_s")
 
 
 @dataclass
@@ -335,6 +379,9 @@ class Reloader:
             return False
         if settings.listen != self.settings.listen:
             logger.warning("reload: [listen] changes take effect after a restart")
+        for key in _LISTENER_TIMEOUTS:
+            if getattr(settings.timeouts, key) != getattr(self.settings.timeouts, key):
+                logger.warning("reload: timeouts.%s takes effect after a restart", key)
         self.settings = settings
         logger.info("reloaded settings from %s", where)
         self.reload_certificate()
@@ -448,7 +495,7 @@ def gateway_servers(
             config = uvicorn_config(app, settings, pair)
             grace_s = settings.timeouts.shutdown_grace_s
             before = functools.partial(close_websockets, app, grace_s)
-            servers.append((_Server(config, before_shutdown=before), [listener.sock]))
+            servers.append((GatewayServer(config, before_shutdown=before), [listener.sock]))
             if reloader is not None:
                 reloader.apps.append(app)
                 reloader.configs.append(config)
@@ -460,7 +507,7 @@ def plain_server(
 ) -> tuple[uvicorn.Server, list[socket.socket]]:
     """A server without lifespan or shutdown hooks (redirect listener, demo backend)."""
     config.lifespan = "off"
-    return _Server(config), [sock]
+    return GatewayServer(config), [sock]
 
 
 def run_servers(servers: ServerList, reloader: Reloader | None = None) -> None:

@@ -126,6 +126,10 @@ class TimeoutSettings(_Section):
     # Client side: the request head must arrive within header_s of the connection or of the
     # head's first byte (408, nginx client_header_timeout; listener-wide, not per route).
     header_s: float = Field(60.0, gt=0)
+    # Client side: a TLS handshake must complete within tls_handshake_s of the connection,
+    # else it is dropped (a flood of stalled handshakes holds each socket this long at most;
+    # listener-wide, not per route).
+    tls_handshake_s: float = Field(10.0, gt=0, allow_inf_nan=False)
     # Client side: between two reads of the request body (408), and a whole request (504).
     body_s: float | None = Field(60.0, gt=0)
     # Client side: between two writes of the response body to a client that stopped
@@ -158,12 +162,15 @@ class ForwardingSettings(_Section):
 
 
 class LimitSettings(_Section):
-    """Size limits on what clients send (413 body, 431 headers, 414 URL)."""
+    """Limits on what clients send (413 body, 431 headers, 414 URL, 400 dot segments)."""
 
     max_body_bytes: int = Field(1024**3, ge=0)
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     max_header_count: int = Field(100, ge=1)
     max_url_bytes: int = Field(8192, ge=256)
+    # 400 for a path with a "." or ".." segment, literal or %2e-encoded (browsers and curl
+    # never send one). False forwards such paths byte for byte, as routed without resolving.
+    reject_dot_segments: bool = True
 
 
 class HeaderSettings(_Section):

@@ -9,19 +9,18 @@ import json
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.server import GatewayServer
 
-class QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves the test runner's signal handlers alone."""
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+class QuietServer(GatewayServer):
+    """The gateway's uvicorn server: it leaves the test runner's signal handlers alone and,
+    for a gateway config (``uvicorn_config``), applies its TLS handshake timeout."""
 
 
 def listening_socket(host: str = "127.0.0.1") -> socket.socket:

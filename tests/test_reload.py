@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import ssl
 import sys
@@ -10,10 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 import trustme
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from gateway.server import Reloader
+from gateway.settings import Settings
 from gateway.tls import CertificatePair
 from tests.servers import Backend, free_port, gateway_process, plain_config, run_server
 
@@ -240,3 +244,15 @@ async def test_run_nginx_conf_and_reload_it(
             assert (await client.get(f"https://localhost:{port}/b")).status_code == 200
     assert [r["raw_path"] for r in first.requests] == ["/a"]
     assert [r["raw_path"] for r in second.requests] == ["/b"]
+
+
+async def test_reload_says_which_timeouts_need_a_restart(caplog: pytest.LogCaptureFixture) -> None:
+    # The listeners read header_s and tls_handshake_s when they start; a reload says so.
+    old = Settings()
+    new = Settings(timeouts={"tls_handshake_s": 3, "header_s": 60, "read_s": 5})
+    reloader = Reloader(lambda: new, "test.toml", old, None)
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        assert await reloader.reload()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["reload: timeouts.tls_handshake_s takes effect after a restart"]
+    assert reloader.settings is new

@@ -14,6 +14,7 @@ from gateway.routing import (
     Route,
     Router,
     RouteTable,
+    has_dot_segment,
     match_route,
     normalise_host,
     normalise_host_pattern,
@@ -277,6 +278,91 @@ def test_match_route_takes_a_table_or_a_sequence() -> None:
     assert name_of(match_route(RouteTable(routes), None, "/")) == "any"
 
 
+# Dot segments ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        b"/..",
+        b"/.",
+        b"..",
+        b".",
+        b"/../x",
+        b"/./x",
+        b"/x/..",
+        b"/x/.",
+        b"/x/../api/secret",
+        b"/x/./y",
+        b"/x/../../etc/passwd",
+        b"/x/.../../y",
+        # Percent-encoded dots, in any case and mixed with literal ones.
+        b"/x/%2e%2e/api",
+        b"/x/%2E%2E/api",
+        b"/x/%2e%2E/api",
+        b"/x/.%2e/api",
+        b"/x/%2e./api",
+        b"/x/%2E./api",
+        b"/x/%2e/api",
+        b"/x/%2E",
+        b"/%2e%2e",
+        # Encoded separators, as the router decodes them (%2F) and some backends (%5C, \).
+        b"/x%2F..%2Fapi",
+        b"/x%2f..%2fapi",
+        b"/x%2F%2e%2e%2Fapi",
+        b"/api/..%2Fadmin",
+        b"/x%5C..%5Capi",
+        b"/x%5c..%5capi",
+        b"/x\\..\\api",
+        b"/x/..\\api",
+        b"\\..\\x",
+        # Path parameters: Tomcat and Jetty read "..;x" as "..".
+        b"/x/..;/api",
+        b"/x/..;jsessionid=1/api",
+        b"/x/.;x/api",
+        b"/x/%2e%2e;/api",
+        b"/x/..%3B/api",
+        b"/x/..%3b/api",
+    ],
+)
+def test_dot_segments_are_found(raw_path: bytes) -> None:
+    assert has_dot_segment(raw_path) is True
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        b"",
+        b"/",
+        b"/api/x",
+        b"/static/app.js",
+        b"/a.b/c.d",
+        b"/.well-known/acme-challenge/token",
+        b"/.hidden",
+        b"/...",
+        b"/x/.../y",
+        b"/x/....",
+        b"/a..b",
+        b"/x/..a",
+        b"/x/a..",
+        b"/x/.a.",
+        b"/x/%2e%2e%2e",
+        b"/x/%2ea",
+        b"/file.%2e",
+        b"//x//y",
+        b"/x;..",
+        b"/x;/..a",
+        b"/a%20b/c%zz/%2",
+        b"/%",
+        # Decoded once, as the router decodes: %252e is the segment "%2e", not a dot.
+        b"/x/%252e%252e/api",
+        b"/x/%25%32%65",
+    ],
+)
+def test_paths_without_dot_segments_pass(raw_path: bytes) -> None:
+    assert has_dot_segment(raw_path) is False
+
+
 # Through a real server --------------------------------------------------------------------
 
 
@@ -339,3 +425,63 @@ async def test_unknown_host_without_fallback_gets_404() -> None:
         known = await client.get(f"http://127.0.0.1:{port}/", headers={"Host": "alpha.test"})
     assert response.status_code == 404
     assert known.json()["app"] == "alpha"
+
+
+@pytest.fixture
+async def dots_url() -> AsyncIterator[str]:
+    """``/open`` forwards dot segments; every other route refuses them (the default)."""
+    router = Router(
+        [
+            route("/", "fallback"),
+            route("/api", "api", strip=True),
+            Route("/open", named("open"), named("open"), reject_dot_segments=False),
+        ]
+    )
+    async with run_server(plain_config(router)) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+DOT_TEXT = b"400 Bad Request: '.' or '..' segment in the path\n"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"/x/../api/secret", b"/x/%2E%2e/api/secret", b"/api/./x", b"/x%2F..%2Fapi", b"/.."],
+)
+async def test_dot_segments_get_400_before_the_route_app(dots_url: str, target: bytes) -> None:
+    port = int(dots_url.rsplit(":", 1)[1])
+    request = b"GET " + target + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    status, headers, body = parse_response(await raw_exchange(port, request))
+    assert status == 400
+    assert body == DOT_TEXT
+    assert ("content-type", "text/plain; charset=utf-8") in headers
+
+
+async def test_websocket_handshake_with_dot_segment_gets_400(dots_url: str) -> None:
+    port = int(dots_url.rsplit(":", 1)[1])
+    handshake = (
+        b"GET /x/%2e%2e/api/chat HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    status, _, body = parse_response(await raw_exchange(port, handshake))
+    assert status == 400
+    assert body == DOT_TEXT
+
+
+async def test_a_route_may_forward_dot_segments_byte_for_byte(dots_url: str) -> None:
+    port = int(dots_url.rsplit(":", 1)[1])
+    request = b"GET /open/../%2e/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    status, _, body = parse_response(await raw_exchange(port, request))
+    assert status == 200
+    assert json.loads(body) == {"app": "open", "path": "/open/.././x", "root_path": ""}
+    async with connect(f"ws://127.0.0.1:{port}/open/../chat") as session:
+        assert json.loads(await session.recv())["app"] == "open"
+    async with httpx.AsyncClient() as client:
+        # Ordinary paths with dots in names pass on refusing routes.
+        response = await client.get(f"{dots_url}/api/.well-known/app.v2.js")
+    assert response.json() == {
+        "app": "api",
+        "path": "/api/.well-known/app.v2.js",
+        "root_path": "/api",
+    }

@@ -130,3 +130,29 @@ def test_to_toml_round_trips(tmp_path: Path) -> None:
     )
     path = write(tmp_path, to_toml(original))
     assert load_settings(path) == original
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", '"soon"'])
+def test_tls_handshake_timeout_must_be_positive(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f"[timeouts]\ntls_handshake_s = {value}\n")
+    [problem] = problems(path)
+    assert problem.startswith(f"{path}: timeouts.tls_handshake_s: ")
+
+
+def test_listener_defaults_and_their_environment_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings()
+    assert settings.timeouts.tls_handshake_s == 10.0
+    assert settings.limits.reject_dot_segments is True
+    monkeypatch.setenv("GATEWAY_TIMEOUTS__TLS_HANDSHAKE_S", "2.5")
+    monkeypatch.setenv("GATEWAY_LIMITS__REJECT_DOT_SEGMENTS", "false")
+    settings = load_settings(write(tmp_path, ""))
+    assert settings.timeouts.tls_handshake_s == 2.5
+    assert settings.limits.reject_dot_segments is False
+
+
+def test_reject_dot_segments_must_be_a_boolean(tmp_path: Path) -> None:
+    path = write(tmp_path, '[limits]\nreject_dot_segments = "maybe"\n')
+    [problem] = problems(path)
+    assert problem.startswith(f"{path}: limits.reject_dot_segments: ")

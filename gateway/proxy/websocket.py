@@ -379,6 +379,25 @@ class _Stats:
 class _Session:
     """One client session: opens the backend leg, relays messages, closes both legs."""
 
+    __slots__ = (
+        "_backend",
+        "_ended",
+        "_next_ping_at",
+        "_ping_sent_at",
+        "_pinging",
+        "_pong",
+        "_pumps_running",
+        "finished",
+        "last_activity",
+        "peer",
+        "proxy",
+        "receive",
+        "scope",
+        "send",
+        "stats",
+        "stopping",
+    )
+
     def __init__(self, proxy: WebSocketProxy, scope: Scope, receive: Receive, send: Send) -> None:
         self.proxy = proxy
         self.scope = scope

@@ -240,7 +240,9 @@ async def test_absolute_form_never_chooses_the_upstream(
 # (path sent, backend expected, path that backend receives). The guarantee: a request is
 # routed by the prefix of its *decoded* path as uvicorn decodes it (percent-decoding, no
 # dot-segment resolution, no slash merging), and the raw path is forwarded untouched except
-# for the stripped prefix. The gateway never resolves ``..`` itself.
+# for the stripped prefix. The gateway never resolves ``..`` itself: by default it refuses
+# a path with a dot segment (400); with ``limits.reject_dot_segments = false`` it forwards
+# it as the table says.
 PATH_CASES = [
     ("/api/x", "A", "/x"),
     ("/api/%2e%2e/admin", "A", "/%2e%2e/admin"),  # decoded /api/../admin: under /api
@@ -259,8 +261,45 @@ PATH_CASES = [
 ]
 
 
+DOT_SEGMENT_PATHS = {
+    "/api/%2e%2e/admin",
+    "/api/../admin",
+    "/api/..%2Fadmin",
+    "/api%2F..%2Fadmin",
+    "/x/../api/secret",
+    "/x/%2e%2e/api/secret",
+}
+
+
 @pytest.mark.parametrize(("path", "which", "received"), PATH_CASES)
 async def test_path_tricks_route_by_decoded_prefix_and_forward_raw(
+    path: str,
+    which: str,
+    received: str,
+    two_backends: tuple[Backend, Backend],
+    gateway_factory: GatewayFactory,
+    client_ssl: ssl.SSLContext,
+) -> None:
+    a, b = two_backends
+    routes = [
+        {"prefix": "/api", "upstream": f"http://127.0.0.1:{a.port}", "strip_prefix": True},
+        {"prefix": "/", "upstream": f"http://127.0.0.1:{b.port}"},
+    ]
+    limits = {"reject_dot_segments": False}
+    async with gateway_factory("unused", routes=routes, limits=limits) as url:
+        raw, _ = await converse(
+            port_of(url),
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            client_ssl,
+        )
+    assert parse_responses(raw)[0][0] == 200
+    chosen, other = (a, b) if which == "A" else (b, a)
+    assert [r["raw_path"] for r in chosen.requests] == [received]
+    assert other.requests == []
+
+
+@pytest.mark.parametrize(("path", "which", "received"), PATH_CASES)
+async def test_path_tricks_with_dot_segments_are_refused_by_default(
     path: str,
     which: str,
     received: str,
@@ -279,7 +318,53 @@ async def test_path_tricks_route_by_decoded_prefix_and_forward_raw(
             b"GET " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
             client_ssl,
         )
-    assert parse_responses(raw)[0][0] == 200
-    chosen, other = (a, b) if which == "A" else (b, a)
-    assert [r["raw_path"] for r in chosen.requests] == [received]
-    assert other.requests == []
+    [(status, _, body)] = parse_responses(raw)
+    if path in DOT_SEGMENT_PATHS:
+        assert (status, body) == (400, b"400 Bad Request: '.' or '..' segment in the path\n")
+        assert a.requests == b.requests == []
+    else:
+        assert status == 200
+        chosen = a if which == "A" else b
+        assert [r["raw_path"] for r in chosen.requests] == [received]
+
+
+@pytest.mark.parametrize("path", ["/x/../ws", "/x/%2E%2E/ws", "/ws/./chat", "/ws%2F..%2Fws"])
+async def test_websocket_handshake_with_dot_segment_is_refused_before_the_backend(
+    path: str, gateway_factory: GatewayFactory, client_ssl: ssl.SSLContext
+) -> None:
+    async with ws_backend() as ws, gateway_factory(ws.url) as url:
+        head = (
+            f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        raw, _ = await converse(port_of(url), head.encode(), client_ssl)
+    [(status, _, body)] = parse_responses(raw)
+    assert (status, body) == (400, b"400 Bad Request: '.' or '..' segment in the path\n")
+    assert ws.handshakes == []
+
+
+async def test_a_route_can_forward_dot_segments_while_the_others_refuse_them(
+    two_backends: tuple[Backend, Backend],
+    gateway_factory: GatewayFactory,
+    client_ssl: ssl.SSLContext,
+) -> None:
+    a, b = two_backends
+    routes = [
+        {
+            "prefix": "/raw",
+            "upstream": f"http://127.0.0.1:{a.port}",
+            "limits": {"reject_dot_segments": False},
+        },
+        {"prefix": "/", "upstream": f"http://127.0.0.1:{b.port}"},
+    ]
+    async with gateway_factory("unused", routes=routes) as url:
+        statuses = []
+        for path in (b"/raw/x/../%2e/y", b"/other/../raw/y"):
+            raw, _ = await converse(
+                port_of(url), b"GET " + path + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", client_ssl
+            )
+            statuses.append(parse_responses(raw)[0][0])
+    assert statuses == [200, 400]
+    assert [r["raw_path"] for r in a.requests] == ["/raw/x/../%2e/y"]
+    assert b.requests == []

@@ -1,5 +1,9 @@
 """A bounded soak: mixed HTTP and WebSocket traffic from a second process against the
-gateway run as a real process; no failures, resources back near the start afterwards."""
+gateway run as a real process; no failures, resources back near the start afterwards.
+
+60 s by default; ``GATEWAY_SOAK_S=600 pytest tests/robustness/test_soak.py`` runs a longer
+(or, for a quick local check, shorter) one.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +19,25 @@ from gateway.tls import CertificatePair
 from tests.proxy.ws_servers import ws_backend
 from tests.servers import Backend, free_port, gateway_process, plain_config, run_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
+SOAK_ENV = "GATEWAY_SOAK_S"
 
-SOAK_S = 20.0
+
+def soak_seconds() -> float:
+    """The soak's length: ``GATEWAY_SOAK_S`` seconds if set (a positive number), else 60."""
+    text = os.environ.get(SOAK_ENV, "60")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{SOAK_ENV}={text!r}: expected a positive number of seconds")
+    return seconds
+
+
+SOAK_S = soak_seconds()
 WARMUP_S = 3.0
+# The soak, the warm-up, and start-up, settling and shutdown with a wide margin.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(SOAK_S + WARMUP_S) + 150)]
 CLIENT = Path(__file__).with_name("soak_client.py")
 
 

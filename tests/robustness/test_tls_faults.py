@@ -1,17 +1,22 @@
-"""TLS listener under bad input: plaintext on the TLS port, old protocols, handshake floods."""
+"""TLS listener under bad input: plaintext on the TLS port, old protocols, handshake floods
+and stalled handshakes (``timeouts.tls_handshake_s``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
+import sys
 import time
 
 import httpx
 import pytest
 
+from gateway.tls import CertificatePair
+from tests.conftest import GatewayFactory
 from tests.robustness.helpers import open_fds, port_of, settle
-from tests.servers import Backend
+from tests.servers import Backend, free_port, gateway_process
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -102,3 +107,91 @@ async def test_handshake_flood_is_bounded_and_others_are_served(
     tasks, fds = await settle(tasks_before, fds_before, fd_slack=6)
     assert tasks <= tasks_before
     assert fds <= fds_before + 6
+
+
+# timeouts.tls_handshake_s -------------------------------------------------------------------
+
+
+Stalled = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def stall(port: int, kind: str) -> Stalled:
+    """A connection that starts a TLS handshake (or not) and never finishes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if kind == "half_hello":
+        writer.write(HALF_CLIENT_HELLO)
+        await writer.drain()
+    return reader, writer
+
+
+async def dropped_after(stalled: Stalled, limit_s: float) -> float:
+    """Seconds until the server closes (EOF, reset or a TLS alert then EOF); fails at limit_s."""
+    reader, writer = stalled
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(limit_s):
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(65536):
+                    pass
+    finally:
+        writer.transport.abort()
+    return time.perf_counter() - start
+
+
+@pytest.mark.parametrize("kind", ["silent", "half_hello"])
+async def test_stalled_handshake_is_dropped_after_tls_handshake_s(
+    kind: str, backend: Backend, gateway_factory: GatewayFactory
+) -> None:
+    upstream = f"http://127.0.0.1:{backend.port}"
+    async with gateway_factory(upstream, timeouts={"tls_handshake_s": 1}) as url:
+        elapsed = await dropped_after(await stall(port_of(url), kind), 5)
+    # Dropped by the handshake timer: not at once, and well before asyncio's 60 s.
+    assert 0.8 <= elapsed < 4, elapsed
+    assert backend.requests == []
+
+
+async def test_flood_of_stalled_handshakes_is_dropped_and_others_are_served(
+    backend: Backend, gateway_factory: GatewayFactory, client_ssl: ssl.SSLContext
+) -> None:
+    upstream = f"http://127.0.0.1:{backend.port}"
+    tasks_before, fds_before = len(asyncio.all_tasks()), open_fds()
+    async with gateway_factory(upstream, timeouts={"tls_handshake_s": 1}) as url:
+        start = time.perf_counter()
+        flood = [await stall(port_of(url), "half_hello") for _ in range(200)]
+        # Normal clients complete their handshakes and are served during the flood.
+        latencies = [await get_ok(url, client_ssl) for _ in range(5)]
+        assert max(latencies) < 2.0, latencies
+        # Every stalled connection is closed by the server, about 1 s after it opened.
+        await asyncio.gather(*(dropped_after(stalled, 6) for stalled in flood))
+        assert time.perf_counter() - start < 6
+        await get_ok(url, client_ssl)
+    assert len(backend.requests) == 6
+    tasks, fds = await settle(tasks_before, fds_before, fd_slack=6)
+    assert tasks <= tasks_before
+    assert fds <= fds_before + 6
+
+
+async def test_gateway_process_drops_stalled_handshakes(
+    backend: Backend, cert_pair: CertificatePair, client_ssl: ssl.SSLContext
+) -> None:
+    # `gateway run`: the CLI's listeners (passed as sockets) on its own loop (uvloop).
+    port = free_port()
+    env = {
+        "GATEWAY_LISTEN__HOST": "127.0.0.1",
+        "GATEWAY_LISTEN__PORT": str(port),
+        "GATEWAY_LISTEN__CERTFILE": str(cert_pair.certfile),
+        "GATEWAY_LISTEN__KEYFILE": str(cert_pair.keyfile),
+        "GATEWAY_ROUTES": json.dumps(
+            [{"prefix": "/", "upstream": f"http://127.0.0.1:{backend.port}"}]
+        ),
+        "GATEWAY_TIMEOUTS__TLS_HANDSHAKE_S": "1",
+        "GATEWAY_LOG__LEVEL": "warning",
+    }
+    async with gateway_process([sys.executable, "-m", "gateway", "run"], port, env) as process:
+        assert process.stderr is not None
+        flood = [await stall(port, kind) for kind in ("silent", "half_hello") * 10]
+        await get_ok(f"https://localhost:{port}", client_ssl)
+        elapsed = await asyncio.gather(*(dropped_after(stalled, 5) for stalled in flood))
+        assert max(elapsed) < 4, elapsed
+        await get_ok(f"https://localhost:{port}", client_ssl)
+    assert len(backend.requests) == 2
