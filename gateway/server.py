@@ -38,6 +38,7 @@ from gateway.app import close_websockets, create_admin_app, create_app, reload_a
 from gateway.proxy.websocket_rules import wire_max_size
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.tls import CertificatePair, RedirectToHttps, harden
+from gateway.watchdog import Watchdog, tick_for
 
 __all__ = [
     "GatewayServer",
@@ -67,6 +68,7 @@ class _Config(uvicorn.Config):
     """
 
     header_timeout_s: float | None = None
+    head_watchdog: Watchdog | None = None
     max_head_bytes: int | None = None
     tls_handshake_timeout_s: float | None = None
 
@@ -182,28 +184,39 @@ if HttpToolsProtocol is not None:
             super().__init__(*args, **kwargs)
             self._head_timeout_s: float | None = getattr(self.config, "header_timeout_s", None)
             self._max_head_bytes: int | None = getattr(self.config, "max_head_bytes", None)
-            self._head_timer: asyncio.TimerHandle | None = None
+            # The head deadline is checked on the config's watchdog ticks: a loop timer
+            # armed and cancelled for every request would cost more than the request line.
+            self._watchdog: Watchdog | None = getattr(self.config, "head_watchdog", None)
+            self._head_since: float | None = None
             self._head_bytes = 0
             self._awaiting_head = True
 
         def _arm_head_timer(self) -> None:
-            if self._head_timer is None and self._head_timeout_s is not None:
-                self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_expired)
+            if self._head_since is None and self._watchdog is not None:
+                self._head_since = self.loop.time()
+                self._watchdog.watch(self)
 
         def _cancel_head_timer(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
+            if self._head_since is not None and self._watchdog is not None:
+                self._head_since = None
+                self._watchdog.unwatch(self)
 
-        def _head_expired(self) -> None:
-            self._head_timer = None
+        def check(self, now: float) -> bool:
+            """The watchdog's tick: close a connection whose head is late (then True)."""
+            since, timeout_s = self._head_since, self._head_timeout_s
+            if since is None or timeout_s is None:
+                return True
+            if now - since < timeout_s:
+                return False
+            self._head_since = None
             if not self._awaiting_head or self.transport.is_closing():
-                return
+                return True
             if self.cycle is not None and not self.cycle.response_complete:
-                return  # a request is being answered; its own timeouts apply
+                return True  # a request is being answered; its own timeouts apply
             if self._head_bytes:
                 self.transport.write(_HEAD_TIMEOUT_RESPONSE)
             self.transport.close()
+            return True
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -338,6 +351,7 @@ def uvicorn_config(
         log_config=None,
     )
     config.header_timeout_s = settings.timeouts.header_s
+    config.head_watchdog = Watchdog(tick_for(settings.timeouts.header_s))
     config.tls_handshake_timeout_s = settings.timeouts.tls_handshake_s
     config.max_head_bytes = max_head_bytes(settings)
     return config
