@@ -498,6 +498,9 @@ class _Session:
             await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
             return None
         assert backend.response is not None  # set by a completed handshake
+        # websockets keeps its handshake request (all the client's headers) for the
+        # connection's life, and reads it only while connecting: let it go.
+        backend.request = None
         accept: dict[str, Any] = {
             "type": "websocket.accept",
             "headers": accept_headers(backend.response.headers),
