@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.admin import GatewayStatus, admin_app
-from gateway.metrics import Metrics, MetricsMiddleware, route_label
+from gateway.metrics import Metrics, MetricsMiddleware, SessionObserver, route_label
 from gateway.middleware.access_log import AccessLogMiddleware
 from gateway.middleware.ratelimit import RateStore
 from gateway.middleware.request_id import RequestIdMiddleware
@@ -157,13 +157,14 @@ def build_gateway(settings: Settings, metrics: Metrics | None = None) -> Gateway
                 rewrite_location=settings.forwarding.rewrite_location,
             )
             http_app = builder.wrap(proxy, route, index)
+        label = route_label(route.prefix, route.hosts)
         if route.upstream is not None and route.websocket:
-            bridge = websocket_bridge(settings, route, upstreams.get(route.upstream))
+            observer = metrics.route(label) if metrics is not None else None
+            bridge = websocket_bridge(settings, route, upstreams.get(route.upstream), observer)
             bridges.append(bridge)
             ws_app = builder.wrap(bridge, route, index, websocket=True)
         if metrics is not None and http_app is not None:
             # Outside the route's stack, so its own answers (401, 429, 413...) count too.
-            label = route_label(route.prefix, route.hosts)
             http_app = MetricsMiddleware(http_app, metrics=metrics, route=label)
         dots = (route.limits or settings.limits).reject_dot_segments
         routes.append(
@@ -183,9 +184,13 @@ def build_gateway(settings: Settings, metrics: Metrics | None = None) -> Gateway
 
 
 def websocket_bridge(
-    settings: Settings, route: RouteSettings, pool: Upstream | None = None
+    settings: Settings,
+    route: RouteSettings,
+    pool: Upstream | None = None,
+    observer: SessionObserver | None = None,
 ) -> WebSocketProxy:
-    """The WebSocket bridge of a route (to its upstream pool when it names one)."""
+    """The WebSocket bridge of a route (to its upstream pool when it names one), reporting
+    its sessions to ``observer`` (the route's metrics)."""
     ws = settings.websocket
     timeouts = route.timeouts or settings.timeouts
     assert route.upstream is not None
@@ -197,6 +202,7 @@ def websocket_bridge(
         ping_interval_s=ws.ping_interval_s,
         ping_timeout_s=ws.ping_timeout_s,
         max_message_bytes=ws.max_message_bytes,
+        observer=observer,
     )
 
 

@@ -12,6 +12,7 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from websockets.asyncio.client import connect
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
@@ -29,7 +30,8 @@ from gateway.metrics import (
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.routing import Router
 from gateway.settings import Settings
-from tests.servers import Backend, plain_config, run_server
+from tests.proxy.ws_servers import ws_backend
+from tests.servers import Backend, free_port, plain_config, run_server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -351,3 +353,41 @@ def test_redact_secrets_in_messages() -> None:
 def test_route_label() -> None:
     assert route_label("/api") == "/api"
     assert route_label("/", ("example.com", "*.example.com")) == "example.com,*.example.com/"
+
+
+async def test_bridged_websocket_sessions_and_failed_backends_are_counted() -> None:
+    metrics = Metrics()
+    async with ws_backend() as backend:
+        down = free_port()  # nothing listens there
+        settings = Settings(
+            routes=[
+                {"prefix": "/ws", "upstream": backend.url, "http": False},
+                {"prefix": "/down", "upstream": f"http://127.0.0.1:{down}", "http": False},
+            ],
+            origin={"allow": ["*"]},
+        )
+        gateway = build_gateway(settings, metrics)
+        try:
+            async with run_server(plain_config(gateway.app)) as port:
+                async with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                    for text in ("one", "two", "three"):
+                        await ws.send(text)
+                        assert await ws.recv() == text
+                    open_now = parse(metrics.exposition().decode())
+                    assert value(open_now, "gateway_websocket_sessions_open", route="/ws") == 1
+                with pytest.raises(InvalidStatus):
+                    async with connect(f"ws://127.0.0.1:{port}/down"):
+                        pass
+                await backend.closed.wait()
+        finally:
+            await gateway.aclose()
+    samples = parse(metrics.exposition().decode())
+    assert value(samples, "gateway_websocket_sessions_open", route="/ws") == 0
+    assert value(samples, "gateway_websocket_sessions_total", route="/ws") == 1
+    for direction in ("client_to_backend", "backend_to_client"):
+        labels = {"route": "/ws", "direction": direction}
+        assert value(samples, "gateway_websocket_messages_total", **labels) == 3
+        assert value(samples, "gateway_websocket_bytes_total", **labels) == len("onetwothree")
+    errors = "gateway_upstream_errors_total"
+    assert value(samples, errors, route="/down", kind="connect_error") == 1
+    assert value(samples, "gateway_websocket_sessions_total", route="/down") is None

@@ -37,7 +37,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.types import Receive, Scope, Send
@@ -68,6 +68,9 @@ from gateway.proxy.websocket_rules import (
 )
 from gateway.upstream import Peer, Target, Upstream, client_address
 from gateway.watchdog import Watchdog, tick_for
+
+if TYPE_CHECKING:
+    from gateway.metrics import SessionObserver
 
 __all__ = ["WebSocketProxy", "is_websocket_upgrade", "wire_max_size"]
 
@@ -172,7 +175,9 @@ class WebSocketProxy:
     docstring for the close-code mapping and the limits the server must share.  With
     an `Upstream`, TLS to ``wss`` targets follows the upstream's settings
     (``backend_ssl`` must be None) and the upstream is started and closed by its owner,
-    or by this app's lifespan events when it runs on its own.
+    or by this app's lifespan events when it runs on its own.  An ``observer``
+    (``gateway.metrics.SessionObserver``, e.g. a route's metrics) hears of each accepted
+    session, its end with message and byte counts, and each failure to open a backend leg.
     """
 
     def __init__(
@@ -191,6 +196,8 @@ class WebSocketProxy:
         # Limits
         max_message_bytes: int = 1024 * 1024,
         max_queue: int = 16,
+        # Metrics
+        observer: SessionObserver | None = None,
     ) -> None:
         self.pool: Upstream | None = None
         self.upstream: str | Upstream
@@ -249,6 +256,7 @@ class WebSocketProxy:
         self.close_timeout_s = close_timeout_s
         self.max_message_bytes = max_message_bytes
         self.max_queue = max_queue
+        self.observer = observer
         self._sessions: set[_Session] = set()
         self._closing = False
         # Idle timeouts and backend pings are checked on this watchdog's ticks.
@@ -473,7 +481,14 @@ class _Session:
                 return
             backend = await self._open_backend()
             if backend is not None:
-                await self._bridge(backend)
+                try:
+                    await self._bridge(backend)
+                finally:
+                    if self.proxy.observer is not None:
+                        stats = self.stats
+                        self.proxy.observer.websocket_closed(
+                            stats.messages_up, stats.bytes_up, stats.messages_down, stats.bytes_down
+                        )
         finally:
             if self.peer is not None and self.proxy.pool is not None:
                 self.proxy.pool.release(self.peer)
@@ -513,6 +528,8 @@ class _Session:
             self.stats.client_code = CloseCode.ABNORMAL_CLOSURE
             await self._close_backend(backend, relay_client_close(CloseCode.ABNORMAL_CLOSURE, ""))
             return None
+        if self.proxy.observer is not None:
+            self.proxy.observer.websocket_opened()
         return backend
 
     async def _connect(self, endpoint: _Endpoint) -> ClientConnection | None:
@@ -527,8 +544,14 @@ class _Session:
         except Exception as exc:  # the websockets -> HTTP boundary: see map_backend_error
             if not isinstance(exc, OSError | WebSocketException):
                 logger.exception("unexpected error opening the WebSocket backend leg")
+            self._report(exc)
             await self._refuse(map_backend_error(exc), f"{type(exc).__name__}: {exc}")
             return None
+
+    def _report(self, error: BaseException | str) -> None:
+        """Tell the observer (metrics) the backend leg could not be opened, and why."""
+        if self.proxy.observer is not None:
+            self.proxy.observer.upstream_error(error)
 
     async def _connect_balanced(self, pool: Upstream) -> ClientConnection | None:
         """Open the backend leg to a target of ``pool``, moving on while handshakes fail."""
@@ -549,6 +572,7 @@ class _Session:
                 backend = await opener
             except Exception as exc:  # the websockets -> HTTP boundary: see map_backend_error
                 pool.release(peer)
+                self._report(exc)
                 kind = handshake_failure_kind(exc)
                 if kind is None:  # the backend's refusal, passed on as it is; or a bug
                     if isinstance(exc, InvalidStatus):
@@ -577,6 +601,7 @@ class _Session:
         if failure is not None:
             await self._refuse(map_backend_error(failure), f"{type(failure).__name__}: {failure}")
         else:
+            self._report("no_healthy_target")
             retry_after = pool.retry_after_s()
             await self._refuse(no_target_available(retry_after), f"no target available in {pool!r}")
         return None
