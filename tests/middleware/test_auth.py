@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Scope
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gateway import ReverseProxy
 from gateway.middleware import auth
 from gateway.middleware.auth import (
     BasicAuthMiddleware,
@@ -25,10 +23,10 @@ from gateway.middleware.auth import (
     token_matches,
     verify_password,
 )
-from gateway.proxy.websocket import WebSocketProxy
 from tests.conftest import header_values
+from tests.middleware.asgi import Recorder, gateway_with, run
 from tests.proxy.ws_servers import ws_backend
-from tests.servers import Backend, plain_config, run_server
+from tests.servers import Backend
 
 FAST = 1000  # iterations for test hashes; real ones use the default
 
@@ -107,45 +105,24 @@ def test_token_matches_compares_digests() -> None:
 
 def test_configuration_errors_name_the_key_but_never_the_secret() -> None:
     with pytest.raises(ValueError, match="users: the password hash of 'bob' is") as info:
-        BasicAuthMiddleware(App(), users={"bob": "plaintext-password"}, realm="r")
+        BasicAuthMiddleware(Recorder(), users={"bob": "plaintext-password"}, realm="r")
     assert "plaintext-password" not in str(info.value)
     with pytest.raises(ValueError, match="users: 'a:b'"):
-        BasicAuthMiddleware(App(), users={"a:b": hash_password("x", iterations=FAST)}, realm="r")
+        BasicAuthMiddleware(
+            Recorder(), users={"a:b": hash_password("x", iterations=FAST)}, realm="r"
+        )
     with pytest.raises(ValueError, match="realm"):
-        BasicAuthMiddleware(App(), users={}, realm='say "hi"')
+        BasicAuthMiddleware(Recorder(), users={}, realm='say "hi"')
     with pytest.raises(ValueError, match="tokens: expected a list"):
-        BearerTokenMiddleware(App(), tokens="one-token")
+        BearerTokenMiddleware(Recorder(), tokens="one-token")
     with pytest.raises(ValueError, match=r"tokens\[1\]: sha256: needs 64 hex digits"):
-        BearerTokenMiddleware(App(), tokens=["ok", "sha256:abc"])
+        BearerTokenMiddleware(Recorder(), tokens=["ok", "sha256:abc"])
     with pytest.raises(ValueError, match=r"tokens\[0\]: empty"):
-        BearerTokenMiddleware(App(), tokens=[""])
-    assert "s3cret" not in repr(BearerTokenMiddleware(App(), tokens=["s3cret"]))
+        BearerTokenMiddleware(Recorder(), tokens=[""])
+    assert "s3cret" not in repr(BearerTokenMiddleware(Recorder(), tokens=["s3cret"]))
 
 
 # The gates in memory --------------------------------------------------------------------------
-
-
-class App:
-    """Records the scopes that reached it."""
-
-    def __init__(self) -> None:
-        self.scopes: list[Scope] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.scopes.append(scope)
-
-
-async def run(app: ASGIApp, scope: Scope) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "websocket.connect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
 
 
 def make_scope(*authorization: bytes, kind: str = "http") -> Scope:
@@ -175,7 +152,7 @@ def challenge_of(sent: list[Message]) -> tuple[int, bytes, bytes]:
     ],
 )
 async def test_basic_refusals_get_401_with_a_challenge(authorization: tuple[bytes, ...]) -> None:
-    inner = App()
+    inner = Recorder()
     sent = await run(
         BasicAuthMiddleware(inner, users=USERS, realm="Staff"), make_scope(*authorization)
     )
@@ -188,7 +165,7 @@ async def test_basic_refusals_get_401_with_a_challenge(authorization: tuple[byte
 
 
 async def test_basic_success_strips_the_header_and_names_the_user() -> None:
-    inner = App()
+    inner = Recorder()
     middleware = BasicAuthMiddleware(inner, users=USERS, realm="Staff")
     assert await run(middleware, make_scope(basic("alice", "s3cret"))) == []
     assert inner.scopes[0]["headers"] == [(b"host", b"gw")]
@@ -199,7 +176,7 @@ async def test_basic_success_strips_the_header_and_names_the_user() -> None:
 
 
 async def test_websocket_handshakes_are_gated_too() -> None:
-    inner = App()
+    inner = Recorder()
     middleware = BasicAuthMiddleware(inner, users=USERS, realm="Staff")
     sent = await run(middleware, make_scope(kind="websocket"))
     assert sent[0]["type"] == "websocket.http.response.start"
@@ -220,21 +197,21 @@ async def test_successes_are_cached_and_unknown_users_cost_a_hash(
         return verify_password(password, encoded)
 
     monkeypatch.setattr(auth, "verify_password", counting)
-    cached = BasicAuthMiddleware(App(), users=USERS, realm="r")
+    cached = BasicAuthMiddleware(Recorder(), users=USERS, realm="r")
     for _ in range(3):
         assert await run(cached, make_scope(basic("alice", "s3cret"))) == []
     assert len(calls) == 1
     assert challenge_of(await run(cached, make_scope(basic("alice", "wrong"))))[0] == 401
     assert challenge_of(await run(cached, make_scope(basic("nobody", "x"))))[0] == 401
     assert calls == [str(FAST)] * 3  # the unknown user was hashed at the same cost
-    uncached = BasicAuthMiddleware(App(), users=USERS, realm="r", cache_ttl_s=0)
+    uncached = BasicAuthMiddleware(Recorder(), users=USERS, realm="r", cache_ttl_s=0)
     for _ in range(2):
         await run(uncached, make_scope(basic("alice", "s3cret")))
     assert len(calls) == 5
 
 
 async def test_bearer_tokens(caplog: pytest.LogCaptureFixture) -> None:
-    inner = App()
+    inner = Recorder()
     digest = hashlib.sha256(b"hashed-token").hexdigest()
     middleware = BearerTokenMiddleware(
         inner, tokens=["plain-token", f"sha256:{digest}"], realm="api"
@@ -259,7 +236,7 @@ async def test_bearer_tokens(caplog: pytest.LogCaptureFixture) -> None:
 
 
 async def test_refusal_logs_hold_no_credentials(caplog: pytest.LogCaptureFixture) -> None:
-    middleware = BasicAuthMiddleware(App(), users=USERS, realm="r")
+    middleware = BasicAuthMiddleware(Recorder(), users=USERS, realm="r")
     with caplog.at_level(logging.DEBUG, logger="gateway.auth"):
         await run(middleware, make_scope(basic("alice", "Secret-One")))
         await run(middleware, make_scope(basic("Secret-Two-typed-as-user", "x")))
@@ -269,24 +246,6 @@ async def test_refusal_logs_hold_no_credentials(caplog: pytest.LogCaptureFixture
 
 
 # Over real sockets ----------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def gateway_with(
-    wrap: Callable[[ASGIApp], ASGIApp], backend: Backend, ws_url: str | None = None
-) -> AsyncIterator[str]:
-    """Serve ``wrap(proxy)`` on plain HTTP, the proxy forwarding to ``backend``; yield the URL."""
-    http_proxy = ReverseProxy(f"http://127.0.0.1:{backend.port}")
-    ws_proxy = WebSocketProxy(ws_url or "ws://127.0.0.1:9")
-
-    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
-        await (ws_proxy if scope["type"] == "websocket" else http_proxy)(scope, receive, send)
-
-    try:
-        async with run_server(plain_config(wrap(proxy), proxy_headers=False)) as port:
-            yield f"http://127.0.0.1:{port}"
-    finally:
-        await http_proxy.aclose()
 
 
 def basic_gate(**options: Any) -> Callable[[ASGIApp], ASGIApp]:

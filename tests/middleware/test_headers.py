@@ -23,6 +23,7 @@ from gateway.middleware.headers import (
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.tls import CertificatePair
 from tests.conftest import header_values
+from tests.middleware import asgi
 from tests.servers import Backend, plain_config, run_server
 
 # Templates ----------------------------------------------------------------------------------
@@ -247,16 +248,7 @@ class Recorder:
 
 
 async def run(app: Any, scope: Scope) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
+    return await asgi.run(app, scope, {"type": "http.request", "body": b""})
 
 
 async def test_hsts_only_on_tls_scopes() -> None:

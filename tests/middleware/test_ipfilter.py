@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gateway import ReverseProxy
 from gateway.middleware.ipfilter import IPFilterMiddleware, IPRules, ip_allowed, ip_refusal
-from gateway.proxy.websocket import WebSocketProxy
+from tests.middleware.asgi import Recorder, gateway_with, run
 from tests.proxy.ws_servers import ws_backend
-from tests.servers import Backend, plain_config, run_server
+from tests.servers import Backend
 
 # The pure decision --------------------------------------------------------------------------
 
@@ -81,29 +78,6 @@ def test_invalid_entries_are_errors_at_construction() -> None:
 # The middleware in memory -------------------------------------------------------------------
 
 
-class Recorder:
-    """An ASGI app that records the scopes that reached it."""
-
-    def __init__(self) -> None:
-        self.scopes: list[Scope] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.scopes.append(scope)
-
-
-async def run(app: ASGIApp, scope: Scope) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "websocket.connect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
-
-
 def make_scope(kind: str, peer: str, *headers: tuple[bytes, bytes]) -> Scope:
     scope: Scope = {"type": kind, "path": "/", "client": (peer, 5000), "headers": list(headers)}
     if kind == "websocket":
@@ -139,25 +113,6 @@ def test_repr_shows_the_rules() -> None:
 
 
 # Over real sockets ----------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def gateway_with(
-    wrap: Callable[[ASGIApp], ASGIApp], backend: Backend, ws_url: str | None = None
-) -> AsyncIterator[str]:
-    """Serve ``wrap(proxy)`` on plain HTTP, the proxy forwarding to ``backend``; yield the URL."""
-    http_proxy = ReverseProxy(f"http://127.0.0.1:{backend.port}")
-    ws_proxy = WebSocketProxy(ws_url or "ws://127.0.0.1:9")
-
-    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
-        await (ws_proxy if scope["type"] == "websocket" else http_proxy)(scope, receive, send)
-
-    try:
-        # proxy_headers=False: uvicorn must not take the client address from X-Forwarded-For.
-        async with run_server(plain_config(wrap(proxy), proxy_headers=False)) as port:
-            yield f"http://127.0.0.1:{port}"
-    finally:
-        await http_proxy.aclose()
 
 
 async def get(url: str, **headers: str) -> httpx.Response:

@@ -7,13 +7,14 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from gateway.middleware.origin import OriginCheckMiddleware, OriginRules, origin_allowed
 from gateway.middleware.origin import origin_refusal as refusal
 from gateway.tls import CertificatePair
+from tests.middleware.asgi import run
 from tests.proxy.ws_servers import tls_bridge
 
 # The pure decision --------------------------------------------------------------------------
@@ -147,19 +148,6 @@ class Recorder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.calls += 1
-
-
-async def run(app: Any, scope: Scope) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "websocket.connect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
 
 
 def ws_scope(*headers: tuple[bytes, bytes], extensions: bool = True) -> Scope:

@@ -15,7 +15,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gateway import ReverseProxy
 from gateway.middleware.ratelimit import (
     MemoryStore,
     RateLimitMiddleware,
@@ -23,10 +22,11 @@ from gateway.middleware.ratelimit import (
     retry_after_seconds,
     take,
 )
-from gateway.proxy.websocket import WebSocketProxy
+from tests.middleware import asgi
+from tests.middleware.asgi import gateway_with
 from tests.middleware.redis_fixture import RedisServer, redis_server, refusing_port
 from tests.proxy.ws_servers import ws_backend
-from tests.servers import Backend, plain_config, run_server
+from tests.servers import Backend
 
 # The pure arithmetic --------------------------------------------------------------------------
 
@@ -143,16 +143,7 @@ class App:
 
 
 async def run(app: ASGIApp, scope: Scope) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
+    return await asgi.run(app, scope, {"type": "http.disconnect"})
 
 
 def make_scope(kind: str = "http", peer: str | None = "203.0.113.5", **extra: Any) -> Scope:
@@ -274,25 +265,6 @@ def test_bad_options_are_errors_naming_the_key(options: dict[str, Any], key: str
 
 
 # Over real sockets ----------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def gateway_with(
-    wrap: Callable[[ASGIApp], ASGIApp], backend: Backend, ws_url: str | None = None
-) -> AsyncIterator[str]:
-    """Serve ``wrap(proxy)`` on plain HTTP, the proxy forwarding to ``backend``; yield the URL."""
-    http_proxy = ReverseProxy(f"http://127.0.0.1:{backend.port}")
-    ws_proxy = WebSocketProxy(ws_url or "ws://127.0.0.1:9")
-
-    async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
-        await (ws_proxy if scope["type"] == "websocket" else http_proxy)(scope, receive, send)
-
-    try:
-        # proxy_headers=False: uvicorn must not take the client address from X-Forwarded-For.
-        async with run_server(plain_config(wrap(proxy), proxy_headers=False)) as port:
-            yield f"http://127.0.0.1:{port}"
-    finally:
-        await http_proxy.aclose()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from gateway.middleware.request_id import (
     replace_header,
 )
 from tests.conftest import header_values
+from tests.middleware import asgi
 from tests.proxy.ws_servers import ws_backend
 from tests.servers import Backend, plain_config, run_server
 
@@ -126,16 +127,7 @@ class Recorder:
 
 
 async def run(app: Any, scope: Scope) -> list[Message]:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    return sent
+    return await asgi.run(app, scope, {"type": "http.request", "body": b""})
 
 
 def http_scope(*headers: tuple[bytes, bytes]) -> Scope:
