@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Protocol
 
-import httpx
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -66,6 +65,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+from gateway.upstream import failure_kind
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -106,24 +107,20 @@ def upstream_error_kind(error: BaseException | str) -> str:
     """
     if isinstance(error, str):
         return error
-    kind = "other"
-    if isinstance(error, httpx.PoolTimeout):
-        kind = "pool_timeout"
-    elif isinstance(error, httpx.ConnectTimeout):
-        kind = "connect_timeout"
-    elif isinstance(error, httpx.TimeoutException | TimeoutError):
-        kind = "timeout"
-    elif isinstance(error, httpx.ConnectError | ConnectionRefusedError):
-        kind = "connect_error"
-    elif isinstance(error, httpx.RemoteProtocolError):
-        kind = "invalid_response"
-    elif isinstance(error, httpx.NetworkError | OSError):
-        kind = "error"
-    elif isinstance(error, InvalidStatus):
-        kind = "refused"
-    elif isinstance(error, InvalidHandshake):
-        kind = "invalid_response"
-    return kind
+    kind = failure_kind(error)  # the HTTP client's errors
+    if kind is not None:
+        return kind
+    if isinstance(error, TimeoutError):
+        return "timeout"
+    if isinstance(error, ConnectionRefusedError):
+        return "connect_error"
+    if isinstance(error, OSError):
+        return "error"
+    if isinstance(error, InvalidStatus):
+        return "refused"
+    if isinstance(error, InvalidHandshake):
+        return "invalid_response"
+    return "other"
 
 
 def redact_secrets(text: str) -> str:
