@@ -191,12 +191,12 @@ if HttpToolsProtocol is not None:
             self._head_bytes = 0
             self._awaiting_head = True
 
-        def _arm_head_timer(self) -> None:
+        def _watch_head(self) -> None:
             if self._head_since is None and self._watchdog is not None:
                 self._head_since = self.loop.time()
                 self._watchdog.watch(self)
 
-        def _cancel_head_timer(self) -> None:
+        def _unwatch_head(self) -> None:
             if self._head_since is not None and self._watchdog is not None:
                 self._head_since = None
                 self._watchdog.unwatch(self)
@@ -220,15 +220,15 @@ if HttpToolsProtocol is not None:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm_head_timer()
+            self._watch_head()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head_timer()
+            self._unwatch_head()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self._awaiting_head:
-                self._arm_head_timer()
+                self._watch_head()
                 self._head_bytes += len(data)
             super().data_received(data)
             if (
@@ -237,19 +237,19 @@ if HttpToolsProtocol is not None:
                 and self._head_bytes > self._max_head_bytes
                 and not self.transport.is_closing()
             ):
-                self._cancel_head_timer()
+                self._unwatch_head()
                 self.transport.write(_HEAD_TOO_LARGE_RESPONSE)
                 self.transport.close()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._awaiting_head = True
-            self._arm_head_timer()
+            self._watch_head()
 
         def on_headers_complete(self) -> None:
             self._awaiting_head = False
             self._head_bytes = 0
-            self._cancel_head_timer()
+            self._unwatch_head()
             super().on_headers_complete()
 
         def on_response_complete(self) -> None:

@@ -39,7 +39,8 @@ __all__ = ["TimeoutsMiddleware", "check_deadlines", "has_request_body"]
 
 logger = logging.getLogger("gateway.timeouts")
 
-# asyncio runs a timer up to one clock tick early (BaseEventLoop._run_once).
+# asyncio runs a timer (the watchdog's tick) up to one clock tick early
+# (BaseEventLoop._run_once): a deadline that close counts as passed.
 _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
