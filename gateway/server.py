@@ -27,14 +27,9 @@ from typing import Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
-    HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 from gateway.app import close_websockets, create_admin_app, create_app, reload_app
+from gateway.protocols import HTTP_PROTOCOL, WebSocketProtocol
 from gateway.proxy.websocket_rules import wire_max_size
 from gateway.settings import ConfigError, Settings, load_settings
 from gateway.tls import CertificatePair, RedirectToHttps, harden
@@ -63,8 +58,8 @@ CERT_POLL_S = 2.0
 class _Config(uvicorn.Config):
     """uvicorn's Config with the TLS context hardened (TLS 1.2+, ALPN http/1.1).
 
-    ``header_timeout_s`` and ``max_head_bytes`` are read by ``_HTTPProtocol``,
-    ``tls_handshake_timeout_s`` by ``GatewayServer``.
+    ``header_timeout_s``, ``head_watchdog`` and ``max_head_bytes`` are read by
+    ``gateway.protocols.HTTPProtocol``, ``tls_handshake_timeout_s`` by ``GatewayServer``.
     """
 
     header_timeout_s: float | None = None
@@ -142,127 +137,6 @@ class GatewayServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-class _WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, with the handshake marked complete after a
-    refusal sent through ``websocket.http.response`` (as uvicorn's wsproto protocol does;
-    uvicorn PR #3138). Without it every refused handshake (403 for a foreign Origin, the
-    backend's own refusal) is also logged as "returned without completing handshake"."""
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
-            self.handshake_complete = True
-
-
-_HEAD_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 20\r\nconnection: close\r\n\r\n408 Request Timeout\n"
-)
-_HEAD_TOO_LARGE_RESPONSE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: text/plain; charset=utf-8\r\ncontent-length: 36\r\n"
-    b"connection: close\r\n\r\n431 Request Header Fields Too Large\n"
-)
-
-
-if HttpToolsProtocol is not None:
-
-    class _HTTPProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol with two defences it lacks (slowloris, huge heads).
-
-        - uvicorn arms no timer on a new connection nor while a request head arrives
-          (its keep-alive timer is cancelled by the first byte), so a client that opens
-          a connection and sends nothing, or one header byte at a time, holds it for
-          ever.  Here the request head must be complete within ``header_timeout_s``
-          (nginx ``client_header_timeout``): otherwise 408 (or a silent close if not
-          a byte came) and the connection is closed.
-        - httptools buffers a header field of any size before the app can judge it;
-          a head over ``max_head_bytes`` gets 431 and the connection is closed.
-        """
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._head_timeout_s: float | None = getattr(self.config, "header_timeout_s", None)
-            self._max_head_bytes: int | None = getattr(self.config, "max_head_bytes", None)
-            # The head deadline is checked on the config's watchdog ticks: a loop timer
-            # armed and cancelled for every request would cost more than the request line.
-            self._watchdog: Watchdog | None = getattr(self.config, "head_watchdog", None)
-            self._head_since: float | None = None
-            self._head_bytes = 0
-            self._awaiting_head = True
-
-        def _watch_head(self) -> None:
-            if self._head_since is None and self._watchdog is not None:
-                self._head_since = self.loop.time()
-                self._watchdog.watch(self)
-
-        def _unwatch_head(self) -> None:
-            if self._head_since is not None and self._watchdog is not None:
-                self._head_since = None
-                self._watchdog.unwatch(self)
-
-        def check(self, now: float) -> bool:
-            """The watchdog's tick: close a connection whose head is late (then True)."""
-            since, timeout_s = self._head_since, self._head_timeout_s
-            if since is None or timeout_s is None:
-                return True
-            if now - since < timeout_s:
-                return False
-            self._head_since = None
-            if not self._awaiting_head or self.transport.is_closing():
-                return True
-            if self.cycle is not None and not self.cycle.response_complete:
-                return True  # a request is being answered; its own timeouts apply
-            if self._head_bytes:
-                self.transport.write(_HEAD_TIMEOUT_RESPONSE)
-            self.transport.close()
-            return True
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._watch_head()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._unwatch_head()
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if self._awaiting_head:
-                self._watch_head()
-                self._head_bytes += len(data)
-            super().data_received(data)
-            if (
-                self._awaiting_head
-                and self._max_head_bytes is not None
-                and self._head_bytes > self._max_head_bytes
-                and not self.transport.is_closing()
-            ):
-                self._unwatch_head()
-                self.transport.write(_HEAD_TOO_LARGE_RESPONSE)
-                self.transport.close()
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._awaiting_head = True
-            self._watch_head()
-
-        def on_headers_complete(self) -> None:
-            self._awaiting_head = False
-            self._head_bytes = 0
-            self._unwatch_head()
-            super().on_headers_complete()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            # The next request's head: counted (and timed) from its first byte on.
-            self._awaiting_head = True
-            self._head_bytes = 0
-
-    HTTP_PROTOCOL: Any = _HTTPProtocol
-else:  # pragma: no cover
-    HTTP_PROTOCOL = "auto"
-
-
 def max_head_bytes(settings: Settings) -> int:
     """The most bytes a request head may take before the server refuses it (431).
 
@@ -329,7 +203,7 @@ def uvicorn_config(
         app,  # type: ignore[arg-type]
         loop="auto",
         http=HTTP_PROTOCOL,
-        ws=_WebSocketProtocol,
+        ws=WebSocketProtocol,
         lifespan="on",
         ssl_certfile=str(pair.certfile) if pair else None,
         ssl_keyfile=str(pair.keyfile) if pair else None,
