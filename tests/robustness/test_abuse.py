@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -271,6 +272,28 @@ DOT_SEGMENT_PATHS = {
 }
 
 
+async def get_via_api_and_root(
+    path: str,
+    a: Backend,
+    b: Backend,
+    gateway_factory: GatewayFactory,
+    client_ssl: ssl.SSLContext,
+    **settings: Any,
+) -> bytes:
+    """GET ``path`` (raw) through a gateway routing ``/api`` (stripped) to ``a``, ``/`` to ``b``."""
+    routes = [
+        {"prefix": "/api", "upstream": f"http://127.0.0.1:{a.port}", "strip_prefix": True},
+        {"prefix": "/", "upstream": f"http://127.0.0.1:{b.port}"},
+    ]
+    async with gateway_factory("unused", routes=routes, **settings) as url:
+        raw, _ = await converse(
+            port_of(url),
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            client_ssl,
+        )
+    return raw
+
+
 @pytest.mark.parametrize(("path", "which", "received"), PATH_CASES)
 async def test_path_tricks_route_by_decoded_prefix_and_forward_raw(
     path: str,
@@ -281,17 +304,8 @@ async def test_path_tricks_route_by_decoded_prefix_and_forward_raw(
     client_ssl: ssl.SSLContext,
 ) -> None:
     a, b = two_backends
-    routes = [
-        {"prefix": "/api", "upstream": f"http://127.0.0.1:{a.port}", "strip_prefix": True},
-        {"prefix": "/", "upstream": f"http://127.0.0.1:{b.port}"},
-    ]
     limits = {"reject_dot_segments": False}
-    async with gateway_factory("unused", routes=routes, limits=limits) as url:
-        raw, _ = await converse(
-            port_of(url),
-            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
-            client_ssl,
-        )
+    raw = await get_via_api_and_root(path, a, b, gateway_factory, client_ssl, limits=limits)
     assert parse_responses(raw)[0][0] == 200
     chosen, other = (a, b) if which == "A" else (b, a)
     assert [r["raw_path"] for r in chosen.requests] == [received]
@@ -308,16 +322,7 @@ async def test_path_tricks_with_dot_segments_are_refused_by_default(
     client_ssl: ssl.SSLContext,
 ) -> None:
     a, b = two_backends
-    routes = [
-        {"prefix": "/api", "upstream": f"http://127.0.0.1:{a.port}", "strip_prefix": True},
-        {"prefix": "/", "upstream": f"http://127.0.0.1:{b.port}"},
-    ]
-    async with gateway_factory("unused", routes=routes) as url:
-        raw, _ = await converse(
-            port_of(url),
-            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
-            client_ssl,
-        )
+    raw = await get_via_api_and_root(path, a, b, gateway_factory, client_ssl)
     [(status, _, body)] = parse_responses(raw)
     if path in DOT_SEGMENT_PATHS:
         assert (status, body) == (400, b"400 Bad Request: '.' or '..' segment in the path\n")
