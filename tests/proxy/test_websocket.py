@@ -21,13 +21,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
-from websockets.server import ServerProtocol
 
 from gateway.middleware.origin import OriginCheckMiddleware
 from gateway.proxy.websocket import WebSocketProxy, wire_max_size
 from gateway.tls import CertificatePair
 from tests.proxy.ws_servers import (
     RecordingBackend,
+    accept_handshake,
     accept_then_empty_close,
     accept_then_silence,
     backend_process,
@@ -36,7 +36,7 @@ from tests.proxy.ws_servers import (
     tls_bridge,
     ws_backend,
 )
-from tests.servers import raw_server, read_request_head
+from tests.servers import raw_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -490,11 +490,7 @@ async def test_backend_leg_is_pinged_at_the_interval_and_pongs_keep_it_open(
     pings: list[float] = []
 
     async def answers_pings(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        protocol = ServerProtocol()
-        protocol.receive_data(await read_request_head(reader))
-        request = protocol.events_received()[0]
-        protocol.send_response(protocol.accept(request))  # type: ignore[arg-type]
-        writer.write(b"".join(protocol.data_to_send()))
+        protocol = await accept_handshake(reader, writer)
         while data := await reader.read(65536):
             protocol.receive_data(data)
             for event in protocol.events_received():

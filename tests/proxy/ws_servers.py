@@ -92,13 +92,21 @@ async def tls_bridge(app: ASGIApp, certs: CertificatePair, **config: Any) -> Asy
         yield f"wss://127.0.0.1:{port}"
 
 
-async def accept_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """A backend that completes the handshake, then never writes again (no pongs, no close)."""
+async def accept_handshake(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> ServerProtocol:
+    """Read a WebSocket handshake from a raw backend's client and accept it (sans-I/O)."""
     protocol = ServerProtocol()
     protocol.receive_data(await read_request_head(reader))
     request = protocol.events_received()[0]
     protocol.send_response(protocol.accept(request))  # type: ignore[arg-type]
     writer.write(b"".join(protocol.data_to_send()))
+    return protocol
+
+
+async def accept_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A backend that completes the handshake, then never writes again (no pongs, no close)."""
+    await accept_handshake(reader, writer)
     await writer.drain()
     await reader.read()
 
@@ -107,11 +115,7 @@ async def accept_then_empty_close(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     """A backend that accepts, then sends a close frame without a status code."""
-    protocol = ServerProtocol()
-    protocol.receive_data(await read_request_head(reader))
-    request = protocol.events_received()[0]
-    protocol.send_response(protocol.accept(request))  # type: ignore[arg-type]
-    writer.write(b"".join(protocol.data_to_send()))
+    await accept_handshake(reader, writer)
     writer.write(b"\x88\x00")  # FIN + close opcode, empty payload (server frames are unmasked)
     await writer.drain()
     await reader.readexactly(6)  # the client's masked empty close; then the server hangs up

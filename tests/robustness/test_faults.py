@@ -18,10 +18,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
-from websockets.server import ServerProtocol
 
 from tests.conftest import GatewayFactory
-from tests.proxy.ws_servers import backend_process
+from tests.proxy.ws_servers import accept_handshake, backend_process
 from tests.robustness.helpers import open_fds, parse_responses, port_of, settle
 from tests.servers import Backend, free_port, raw_server, read_request_head
 
@@ -306,11 +305,7 @@ async def test_invalid_frame_from_backend_closes_client(
     case: str, gateway_factory: GatewayFactory, client_ssl: ssl.SSLContext
 ) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        protocol = ServerProtocol()
-        protocol.receive_data(await read_request_head(reader))
-        request = protocol.events_received()[0]
-        protocol.send_response(protocol.accept(request))  # type: ignore[arg-type]
-        writer.write(b"".join(protocol.data_to_send()))
+        await accept_handshake(reader, writer)
         writer.write(INVALID_FRAMES[case])
         await writer.drain()
         # Like a server that closes the TCP connection once it gets the peer's close frame.
