@@ -82,6 +82,7 @@ class _BackendConnection(ClientConnection):
 
     websockets derives both from the URI; urlparse would drop ``;params`` and
     re-encode the path, and a reverse proxy keeps the client's Host by default.
+    Once open it keeps no handshake request (memory per idle session).
     """
 
     request_target = "/"
@@ -108,6 +109,9 @@ class _BackendConnection(ClientConnection):
         # ClientProtocol.connect() is the documented place to edit the request.
         self.protocol.connect = client_request  # type: ignore[method-assign]
         await super().handshake(additional_headers, user_agent_header)
+        # websockets would keep the request (all the client's headers) for the whole
+        # session, and reads it only while connecting: let it go.
+        self.request = None
 
 
 class _BackendConnect(connect):
@@ -513,9 +517,6 @@ class _Session:
             await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
             return None
         assert backend.response is not None  # set by a completed handshake
-        # websockets keeps its handshake request (all the client's headers) for the
-        # connection's life, and reads it only while connecting: let it go.
-        backend.request = None
         accept: dict[str, Any] = {
             "type": "websocket.accept",
             "headers": accept_headers(backend.response.headers),
