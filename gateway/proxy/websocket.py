@@ -19,8 +19,8 @@ frames; the bridge enforces the exact message limit on both legs), and with
 ``ws_ping_interval``/``ws_ping_timeout`` for pings on the client leg (the backend leg
 pings with ``ping_interval_s``).  At most one message per direction is in flight: the
 next message is read only after the previous one was written, and both legs stop
-reading when their peer does not (uvicorn pauses the client socket, websockets buffers
-``max_queue`` frames), so a slow reader slows the writer.
+reading when their peer does not (uvicorn pauses the client socket, the backend leg
+buffers ``max_queue`` messages), so a slow reader slows the writer.
 
 With an `Upstream` of several targets, each session goes to the target the balancing
 policy picks (``ip_hash`` keeps a client on one target; ``least_conn`` counts open
@@ -36,21 +36,19 @@ import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.types import Receive, Scope, Send
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.datastructures import Headers as WsHeaders
-from websockets.datastructures import HeadersLike
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.frames import CloseCode
-from websockets.http11 import USER_AGENT, Request
 from websockets.typing import Subprotocol
 
 from gateway.lifespan import serve_lifespan
 from gateway.proxy.forwarding import ForwardingOptions
+from gateway.proxy.websocket_backend import BackendLeg, LegOptions, open_backend_leg
 from gateway.proxy.websocket_rules import (
     TEXT_PLAIN,
     BackendFailure,
@@ -75,65 +73,6 @@ if TYPE_CHECKING:
 __all__ = ["WebSocketProxy", "is_websocket_upgrade", "wire_max_size"]
 
 logger = logging.getLogger("gateway.websocket")
-
-
-class _BackendConnection(ClientConnection):
-    """A websockets client connection that sends the client's request-target and Host.
-
-    websockets derives both from the URI; urlparse would drop ``;params`` and
-    re-encode the path, and a reverse proxy keeps the client's Host by default.
-    Once open it keeps no handshake request (memory per idle session).
-    """
-
-    request_target = "/"
-    host_header: str | None = None
-
-    async def handshake(
-        self,
-        additional_headers: HeadersLike | None = None,
-        user_agent_header: str | None = USER_AGENT,
-    ) -> None:
-        build_request = self.protocol.connect
-
-        def client_request() -> Request:
-            request = build_request()
-            request.path = self.request_target
-            if self.host_header is not None:
-                host = self.host_header
-                request.headers = WsHeaders(
-                    (name, host if name.lower() == "host" else value)
-                    for name, value in request.headers.raw_items()
-                )
-            return request
-
-        # ClientProtocol.connect() is the documented place to edit the request.
-        self.protocol.connect = client_request  # type: ignore[method-assign]
-        await super().handshake(additional_headers, user_agent_header)
-        # websockets would keep the request (all the client's headers) for the whole
-        # session, and reads it only while connecting: let it go.
-        self.request = None
-
-
-class _BackendConnect(connect):
-    """websockets ``connect`` for a reverse proxy: no redirects followed, exact request."""
-
-    def __init__(
-        self, uri: str, *, request_target: str, host_header: str | None, **kwargs: Any
-    ) -> None:
-        super().__init__(uri, create_connection=_BackendConnection, **kwargs)
-        self.request_target = request_target
-        self.host_header = host_header
-
-    def process_redirect(self, exc: Exception) -> Exception | str:
-        # A redirect is the backend's answer for the client, passed on like a refusal.
-        return exc
-
-    async def open_tcp_connection(self) -> ClientConnection:
-        connection = await super().open_tcp_connection()
-        if isinstance(connection, _BackendConnection):
-            connection.request_target = self.request_target
-            connection.host_header = self.host_header
-        return connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +200,14 @@ class WebSocketProxy:
         self.max_message_bytes = max_message_bytes
         self.max_queue = max_queue
         self.observer = observer
+        self._leg_options = LegOptions(
+            open_timeout_s=open_timeout_s,
+            close_timeout_s=close_timeout_s,
+            # Compressed frames may exceed the message limit; the bridge checks messages.
+            max_size=wire_max_size(max_message_bytes) if backend_compression else max_message_bytes,
+            max_queue=max_queue,
+            compression=backend_compression,
+        )
         self._sessions: set[_Session] = set()
         self._closing = False
         # Idle timeouts and backend pings are checked on this watchdog's ticks.
@@ -316,50 +263,20 @@ class WebSocketProxy:
         startup = self.pool.start if self.pool is not None else None
         await serve_lifespan(receive, send, startup=startup, shutdown=shutdown)
 
-    def _open(self, scope: Scope, endpoint: _Endpoint) -> _BackendConnect:
-        """A websockets ``connect`` for this client's handshake (raises ValueError on bad input)."""
+    def _open(self, scope: Scope, endpoint: _Endpoint) -> Coroutine[Any, Any, BackendLeg]:
+        """The opening of a backend leg for this client (raises ValueError on bad input)."""
         target = backend_target(scope, endpoint.base_path)
         headers = handshake_headers(scope, upstream_host=endpoint.host, options=self.forwarding)
-        host = next((value.decode("latin-1") for name, value in headers if name == b"host"), None)
-        extra = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in headers
-            if name != b"host"
-        ]
-        subprotocols = [Subprotocol(name) for name in scope.get("subprotocols", ())]
-        options: dict[str, Any] = {}
-        if endpoint.uri.startswith("wss:"):
-            options["ssl"] = endpoint.ssl_context if endpoint.ssl_context is not None else True
-        if endpoint.unix_path is not None:
-            options.update(unix=True, path=endpoint.unix_path)
-        return _BackendConnect(
+        return open_backend_leg(
             endpoint.uri,
             request_target=target,
-            host_header=host,
-            subprotocols=subprotocols or None,
-            compression="deflate" if self.backend_compression else None,
-            additional_headers=extra,
-            # The client's User-Agent is in ``extra``; add none of our own.
-            user_agent_header=None,
-            # Backends are reached directly, never through HTTP(S)_PROXY from the environment.
-            proxy=None,
-            open_timeout=self.open_timeout_s,
-            # The session pings on the watchdog's ticks: no keepalive task per connection.
-            ping_interval=None,
-            close_timeout=self.close_timeout_s,
-            # Compressed frames may exceed the message limit; the bridge checks messages.
-            max_size=wire_max_size(self.max_message_bytes)
-            if self.backend_compression
-            else self.max_message_bytes,
-            max_queue=self.max_queue,
-            **options,
+            # The client's User-Agent is among them; the leg adds none of its own.
+            headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
+            subprotocols=[Subprotocol(name) for name in scope.get("subprotocols", ())],
+            options=self._leg_options,
+            unix_path=endpoint.unix_path,
+            ssl_context=endpoint.ssl_context,
         )
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a future's outcome as seen (no "exception was never retrieved" warning)."""
-    if not future.cancelled():
-        future.exception()
 
 
 async def _upgrade_required(send: Send) -> None:
@@ -396,7 +313,6 @@ class _Session:
         "_ended",
         "_next_ping_at",
         "_ping_sent_at",
-        "_pinging",
         "_pong",
         "_pumps_running",
         "finished",
@@ -424,11 +340,10 @@ class _Session:
         self._pumps_running = 0
         self.stopping: tuple[int, str] | None = None  # set by stop()
         # The backend leg's keepalive pings, driven by check().
-        self._backend: ClientConnection | None = None
+        self._backend: BackendLeg | None = None
         self._next_ping_at = 0.0
         self._ping_sent_at = 0.0
-        self._pinging: asyncio.Task[None] | None = None
-        self._pong: asyncio.Future[float] | None = None
+        self._pong: asyncio.Future[None] | None = None
         self.peer: Peer | None = None  # the upstream target in use, released at the end
 
     def stop(self, code: int, reason: str) -> None:
@@ -451,31 +366,23 @@ class _Session:
             self._keepalive(self._backend, now, self.proxy.ping_interval_s)
         return False
 
-    def _keepalive(self, backend: ClientConnection, now: float, interval_s: float) -> None:
+    def _keepalive(self, backend: BackendLeg, now: float, interval_s: float) -> None:
         """Ping the backend every ``interval_s``; no pong within ``ping_timeout_s`` ends
         the session as a lost backend (what websockets' own keepalive would do)."""
-        if self._pinging is not None and not self._pinging.done():
-            return
         pong = self._pong
         if pong is not None and not pong.done():
             timeout_s = self.proxy.ping_timeout_s
             if timeout_s is not None and now - self._ping_sent_at >= timeout_s:
                 self._pong = None
                 self.stats.backend_code = CloseCode.INTERNAL_ERROR
-                backend.transport.abort()
+                backend.abort()
                 failure = gateway_error(502, "backend connection lost")
                 self._end(_Ending((failure.close_code, failure.reason), None))
             return
         if now >= self._next_ping_at:
             self._ping_sent_at = now
             self._next_ping_at = now + interval_s
-            self._pinging = asyncio.create_task(self._ping(backend))
-
-    async def _ping(self, backend: ClientConnection) -> None:
-        with contextlib.suppress(ConnectionClosed):  # the pumps see the close
-            pong = asyncio.ensure_future(await backend.ping())  # a Future already
-            pong.add_done_callback(_retrieve)  # a close fails it: nobody else looks
-            self._pong = pong
+            self._pong = backend.ping()  # None once closing: the pumps see the end
 
     async def run(self) -> None:
         started = time.monotonic()
@@ -500,7 +407,7 @@ class _Session:
             self.finished.set_result(None)
             self._log(time.monotonic() - started)
 
-    async def _open_backend(self) -> ClientConnection | None:
+    async def _open_backend(self) -> BackendLeg | None:
         """Open the backend leg and accept the client, or refuse the client; None if refused."""
         if self.proxy._closing:
             await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
@@ -533,7 +440,7 @@ class _Session:
             self.proxy.observer.websocket_opened()
         return backend
 
-    async def _connect(self, endpoint: _Endpoint) -> ClientConnection | None:
+    async def _connect(self, endpoint: _Endpoint) -> BackendLeg | None:
         """Open the backend leg to the one backend, or refuse the client; None if refused."""
         try:
             opener = self.proxy._open(self.scope, endpoint)
@@ -554,7 +461,7 @@ class _Session:
         if self.proxy.observer is not None:
             self.proxy.observer.upstream_error(error)
 
-    async def _connect_balanced(self, pool: Upstream) -> ClientConnection | None:
+    async def _connect_balanced(self, pool: Upstream) -> BackendLeg | None:
         """Open the backend leg to a target of ``pool``, moving on while handshakes fail."""
         client_ip = client_address(self.scope) if pool.balance == "ip_hash" else None
         loop = asyncio.get_running_loop()
@@ -621,7 +528,7 @@ class _Session:
         else:  # without the extension the server answers a close before accept with 403
             await self.send({"type": "websocket.close", "code": CloseCode.INTERNAL_ERROR})
 
-    async def _bridge(self, backend: ClientConnection) -> None:
+    async def _bridge(self, backend: BackendLeg) -> None:
         self.last_activity = asyncio.get_running_loop().time()
         pumps = (
             asyncio.create_task(self._client_to_backend(backend)),
@@ -645,10 +552,9 @@ class _Session:
         finally:
             watchdog.unwatch(self)
             self._backend = None
-            tasks = (*pumps, self._pinging) if self._pinging is not None else pumps
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
             await self._finish(backend, ending)
 
     def _pump_done(self, pump: asyncio.Task[_Ending | None]) -> None:
@@ -669,7 +575,7 @@ class _Session:
         result: _Ending | None = pump.result()
         return result
 
-    async def _client_to_backend(self, backend: ClientConnection) -> _Ending | None:
+    async def _client_to_backend(self, backend: BackendLeg) -> _Ending | None:
         limit = self.proxy.max_message_bytes
         loop = asyncio.get_running_loop()
         while True:
@@ -693,7 +599,7 @@ class _Session:
             self.stats.messages_up += 1
             self.stats.bytes_up += size
 
-    async def _backend_to_client(self, backend: ClientConnection) -> _Ending | None:
+    async def _backend_to_client(self, backend: BackendLeg) -> _Ending | None:
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -718,7 +624,7 @@ class _Session:
         failure = map_backend_error(exc)
         return _Ending((failure.close_code, failure.reason), None)
 
-    async def _finish(self, backend: ClientConnection, ending: _Ending) -> None:
+    async def _finish(self, backend: BackendLeg, ending: _Ending) -> None:
         if ending.to_client is not None:
             code, reason = ending.to_client
             self.stats.client_code = code
@@ -729,7 +635,7 @@ class _Session:
         else:
             await backend.close()  # already closed: only makes sure the socket is released
 
-    async def _close_backend(self, backend: ClientConnection, close: tuple[int, str]) -> None:
+    async def _close_backend(self, backend: BackendLeg, close: tuple[int, str]) -> None:
         if self.stats.backend_code is None:
             self.stats.backend_code = close[0]
         await backend.close(*close)
