@@ -26,6 +26,7 @@ from typing import NoReturn, cast
 
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidMessage
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
 from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame
 from websockets.http11 import Request, Response
@@ -182,8 +183,11 @@ class BackendLeg(asyncio.Protocol):
         self._flush()
         while self.response is None and not self._lost.done():
             await self._wait_reader()
-        if self.protocol.handshake_exc is not None:
-            raise self.protocol.handshake_exc
+        exc = self.protocol.handshake_exc
+        if exc is None and self.response is None:  # websockets sets one; never leave it open
+            exc = InvalidMessage("the connection closed during the handshake")
+        if exc is not None:
+            raise exc
         # Accepted; the backend may have closed already (recv and send will tell).
 
     # Messages
