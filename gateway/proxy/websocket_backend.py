@@ -137,6 +137,7 @@ class BackendLeg(asyncio.Protocol):
 
     __slots__ = (
         "_close_timer",
+        "_failed",
         "_lost",
         "_messages",
         "_options",
@@ -160,6 +161,7 @@ class BackendLeg(asyncio.Protocol):
         self._messages: collections.deque[str | bytes] = collections.deque()
         self._partial: bytearray | None = None  # a fragmented message being received
         self._partial_text = False
+        self._failed = False  # sent invalid UTF-8: the connection is failing
         self._reading_paused = False
         # The one coroutine waiting in recv() (a message or the end) or in send() (drain).
         self._reader: asyncio.Future[None] | None = None
@@ -284,6 +286,8 @@ class BackendLeg(asyncio.Protocol):
     def _process(self, events: Sequence[Event]) -> None:
         for event in events:
             if isinstance(event, Frame):
+                if self._failed:  # nothing after invalid data reaches the client
+                    return
                 self._frame(event)
             elif isinstance(event, Response) and self.response is None:
                 self.response = event
@@ -312,6 +316,7 @@ class BackendLeg(asyncio.Protocol):
             try:
                 message: str | bytes = str(data, "utf-8")
             except UnicodeDecodeError as exc:
+                self._failed = True
                 self.protocol.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
                 self._flush()
                 self._arm_close_timer()

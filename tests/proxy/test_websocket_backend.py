@@ -223,3 +223,20 @@ async def test_unreachable_backend_is_an_os_error() -> None:
         pass  # closed again: nothing listens on the port now
     with pytest.raises(ConnectionRefusedError):
         await open_leg(port)
+
+
+async def test_invalid_utf8_fails_the_connection_and_drops_what_follows() -> None:
+    async def bad_then_good(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accept_handshake(reader, writer)
+        writer.write(b"\x81\x02\xff\xfe" + b"\x81\x02ok")  # one write: both in one read
+        await writer.drain()
+        await reader.read(1)  # the client's close frame, then hang up
+
+    async with raw_server(bad_then_good) as port:
+        leg = await open_leg(port)
+        with pytest.raises(ConnectionClosed) as caught:
+            async with asyncio.timeout(5):
+                await leg.recv()
+    sent = caught.value.sent
+    assert sent is not None
+    assert sent.code == 1007
