@@ -66,7 +66,8 @@ async def open_backend_leg(
 
     The request is ``GET request_target`` with websockets' handshake headers, then
     ``headers`` (a ``host`` among them replaces the one derived from ``uri``).  The
-    whole of it, connecting included, is bounded by ``options.open_timeout_s``.
+    whole of it, connecting included, is bounded by ``options.open_timeout_s``.  The
+    backend is reached directly: no HTTP(S)_PROXY from the environment, no redirects.
     """
     wsuri = parse_uri(uri)
     extensions = enable_client_permessage_deflate(None) if options.compression else None
