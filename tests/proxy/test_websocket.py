@@ -33,6 +33,7 @@ from tests.proxy.ws_servers import (
     backend_process,
     never_answers,
     raw_handshake,
+    stalls,
     tls_bridge,
     ws_backend,
 )
@@ -591,17 +592,6 @@ async def test_cancelled_session_closes_both_legs_1001(backend: RecordingBackend
 # Backpressure -----------------------------------------------------------------------------
 
 
-async def _stalls(progress: list[int], limit: int, timeout_s: float = 20.0) -> int:
-    """Wait until ``progress[0]`` stops growing for 0.5 s; return the stalled value."""
-    async with asyncio.timeout(timeout_s):
-        last = -1
-        while progress[0] != last:
-            last = progress[0]
-            assert last < limit, "no backpressure: everything was buffered"
-            await asyncio.sleep(0.5)
-    return last
-
-
 async def test_slow_backend_slows_the_client(
     cert_pair: CertificatePair, client_ssl: ssl.SSLContext
 ) -> None:
@@ -627,7 +617,7 @@ async def test_slow_backend_slows_the_client(
         client(f"{url}/ws", client_ssl, compression=None) as ws,
     ):
         task = asyncio.create_task(producer(ws))
-        stalled_at = await _stalls(sent, len(chunk) * count)
+        stalled_at = await stalls(sent, len(chunk) * count)
         release.set()
         async with asyncio.timeout(30):
             await task
@@ -657,7 +647,7 @@ async def test_slow_client_slows_the_backend(
         client(f"{url}/ws", client_ssl, compression=None, max_queue=4) as ws,
     ):
         await ws.send("start")
-        stalled_at = await _stalls(sent, len(chunk) * count)
+        stalled_at = await stalls(sent, len(chunk) * count)
         total = 0
         async with asyncio.timeout(30):
             while total < len(chunk) * count:

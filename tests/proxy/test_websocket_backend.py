@@ -12,7 +12,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 
 from gateway.proxy.websocket_backend import BackendLeg, LegOptions, _request, open_backend_leg
-from tests.proxy.ws_servers import accept_handshake, never_answers, ws_backend
+from tests.proxy.ws_servers import accept_handshake, never_answers, stalls, ws_backend
 from tests.servers import raw_server
 
 OPTIONS = LegOptions(open_timeout_s=5, close_timeout_s=0.3, max_size=2**20, max_queue=4)
@@ -77,11 +77,8 @@ async def test_reading_pauses_at_max_queue_and_nothing_is_lost() -> None:
     async with ws_backend(flood, write_limit=size) as backend:
         leg = await open_leg(backend.port)
         # Not reading: the backend stalls once the leg's queue and both socket buffers are full.
-        last = -1
-        while sent[0] != last:
-            last = sent[0]
-            await asyncio.sleep(0.3)
-        assert sent[0] < count, "the leg read everything without being asked to"
+        stalled_at = await stalls(sent, count)
+        assert stalled_at < count, "the leg read everything without being asked to"
         indexes = []
         for _ in range(count):
             message = await leg.recv()
@@ -111,10 +108,7 @@ async def test_send_waits_while_the_backend_does_not_read() -> None:
                 sent[0] += 1
 
         task = asyncio.create_task(producer())
-        last = -1
-        while sent[0] != last:
-            last = sent[0]
-            await asyncio.sleep(0.3)
+        await stalls(sent, count)
         assert not task.done(), "send never waited: everything was buffered"
         assert leg.transport.get_write_buffer_size() <= 2**15 + len(chunk) + 1024
         release.set()

@@ -104,6 +104,18 @@ async def accept_handshake(
     return protocol
 
 
+async def stalls(progress: list[int], limit: int, timeout_s: float = 20.0) -> int:
+    """Wait until ``progress[0]`` stops growing for 0.5 s; return the stalled value
+    (asserting it stalled below ``limit``: something applied backpressure)."""
+    async with asyncio.timeout(timeout_s):
+        last = -1
+        while progress[0] != last:
+            last = progress[0]
+            assert last < limit, "no backpressure: everything was buffered"
+            await asyncio.sleep(0.5)
+    return last
+
+
 async def accept_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """A backend that completes the handshake, then never writes again (no pongs, no close)."""
     await accept_handshake(reader, writer)
