@@ -78,8 +78,8 @@ async def open_backend_leg(
         max_size=options.max_size,
     )
     request = _request(protocol.connect(), request_target, headers)
-    if wsuri.secure and ssl_context is None:
-        ssl_context = _default_tls()
+    # TLS follows the scheme: a context given for a ws:// endpoint is not used.
+    tls = (ssl_context or _default_tls()) if wsuri.secure else None
     server_hostname = wsuri.host if wsuri.secure else None
     loop = asyncio.get_running_loop()
     leg: BackendLeg | None = None
@@ -91,14 +91,14 @@ async def open_backend_leg(
         async with asyncio.timeout(options.open_timeout_s):
             if unix_path is not None:
                 _, leg = await loop.create_unix_connection(
-                    factory, unix_path, ssl=ssl_context, server_hostname=server_hostname
+                    factory, unix_path, ssl=tls, server_hostname=server_hostname
                 )
             else:
                 _, leg = await loop.create_connection(
                     factory,
                     wsuri.host,
                     wsuri.port,
-                    ssl=ssl_context,
+                    ssl=tls,
                     server_hostname=server_hostname,
                 )
             await leg.handshake(request)

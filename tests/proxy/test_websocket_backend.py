@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import pytest
 from websockets.asyncio.server import ServerConnection
@@ -234,3 +235,18 @@ async def test_invalid_utf8_fails_the_connection_and_drops_what_follows() -> Non
     sent = caught.value.sent
     assert sent is not None
     assert sent.code == 1007
+
+
+async def test_tls_follows_the_scheme_not_the_context_given() -> None:
+    async with ws_backend() as backend:
+        leg = await open_backend_leg(
+            f"ws://127.0.0.1:{backend.port}/",
+            request_target="/",
+            headers=[],
+            subprotocols=[],
+            options=OPTIONS,
+            ssl_context=ssl.create_default_context(),  # for wss:// endpoints only
+        )
+        await leg.send("plain")
+        assert await leg.recv() == "plain"
+        await leg.close()
