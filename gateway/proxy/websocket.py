@@ -190,16 +190,12 @@ class WebSocketProxy:
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue!r}")
         self.forwarding = forwarding if forwarding is not None else ForwardingOptions()
-        self.backend_compression = backend_compression
-        self.backend_ssl = backend_ssl
-        self.open_timeout_s = open_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
-        self.close_timeout_s = close_timeout_s
         self.max_message_bytes = max_message_bytes
-        self.max_queue = max_queue
         self.observer = observer
+        # How backend legs open, read and close (TLS settings are per endpoint).
         self._leg_options = LegOptions(
             open_timeout_s=open_timeout_s,
             close_timeout_s=close_timeout_s,

@@ -365,10 +365,7 @@ class BackendLeg(asyncio.Protocol):
             pong.set_exception(self.protocol.close_exc)
             pong.exception()  # retrieved: the bridge may not be waiting for it
         self._pong = None
-        writer = self._writer
-        if writer is not None and not writer.done():
-            writer.set_result(None)
-        self._writer = None
+        self.resume_writing()  # a sender waiting for the buffer to drain sees the end
 
     def pause_writing(self) -> None:
         self._writer = asyncio.get_running_loop().create_future()
