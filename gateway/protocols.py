@@ -2,7 +2,8 @@
 
 - ``HTTPProtocol`` (httptools): a deadline for the request head (slowloris) and a bound
   on its size, read from the uvicorn config (``gateway.server.uvicorn_config``).
-- ``WebSocketProtocol`` (websockets-sansio): a refused handshake counts as complete.
+- ``WebSocketProtocol`` (websockets-sansio): a refused handshake counts as complete;
+  the socket is paused only when the app falls behind, not after every message.
 
 ``HTTP_PROTOCOL`` is ``HTTPProtocol``, or ``"auto"`` where httptools is missing.
 """
@@ -10,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -25,15 +27,37 @@ __all__ = ["HTTP_PROTOCOL", "WebSocketProtocol"]
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol, with the handshake marked complete after a
-    refusal sent through ``websocket.http.response`` (as uvicorn's wsproto protocol does;
-    uvicorn PR #3138). Without it every refused handshake (403 for a foreign Origin, the
-    backend's own refusal) is also logged as "returned without completing handshake"."""
+    """uvicorn's websockets-sansio protocol with two changes.
 
-    async def send(self, message: Any) -> None:
-        await super().send(message)
+    - The handshake counts as complete after a refusal sent through
+      ``websocket.http.response`` (as uvicorn's wsproto protocol does; uvicorn PR #3138).
+      Without it every refused handshake (403 for a foreign Origin, the backend's own
+      refusal) is also logged as "returned without completing handshake".
+    - Reading pauses only when a message waits behind another one (the app is behind),
+      and resumes when the app has taken them all. uvicorn pauses after every message
+      and resumes when the app takes it: two event-loop registrations per message, even
+      while the app is waiting for it. The queue stays bounded: at most two messages
+      plus the rest of one socket read.
+    """
+
+    def send(self, message: Any) -> Coroutine[Any, Any, None]:
+        # Not a coroutine itself: each relayed message costs no extra frame.
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
-            self.handshake_complete = True
+            return self._send_last_body(message)
+        return super().send(message)
+
+    async def _send_last_body(self, message: Any) -> None:
+        await super().send(message)
+        self.handshake_complete = True
+
+    def send_receive_event_to_app(self) -> None:
+        paused = self.read_paused
+        self.read_paused = True  # uvicorn's method pauses only a socket it thinks is reading
+        super().send_receive_event_to_app()
+        self.read_paused = paused
+        if not paused and not self.close_sent and self.queue.qsize() > 1:
+            self.read_paused = True
+            self.transport.pause_reading()
 
 
 _HEAD_TIMEOUT_RESPONSE = (

@@ -28,7 +28,7 @@ handshake's HTTP response the response rules.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -316,10 +316,10 @@ class HeadersMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def send_with_rules(message: Message) -> None:
+        def send_with_rules(message: Message) -> Awaitable[None]:
             if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 headers = apply_rules(message.get("headers", ()), rules, variables)
                 message = {**message, "headers": headers}
-            await send(message)
+            return send(message)
 
         await self.app(scope, receive, send_with_rules)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -134,12 +134,12 @@ class RequestIdMiddleware:
         headers = replace_header(headers, name, value) if incoming else [*headers, (name, value)]
         scope = {**scope, "headers": headers}
 
-        async def send_with_id(message: Message) -> None:
+        def send_with_id(message: Message) -> Awaitable[None]:
             if message["type"] in _RESPONSE_STARTS:
                 message = {
                     **message,
                     "headers": replace_header(message.get("headers", ()), name, value),
                 }
-            await send(message)
+            return send(message)
 
         await self.app(scope, receive, send_with_id)

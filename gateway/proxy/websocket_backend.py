@@ -139,6 +139,7 @@ class BackendLeg(asyncio.Protocol):
     __slots__ = (
         "_close_timer",
         "_failed",
+        "_loop",
         "_lost",
         "_messages",
         "_options",
@@ -170,9 +171,9 @@ class BackendLeg(asyncio.Protocol):
         self._pong: asyncio.Future[None] | None = None
         self._pong_payload = b""
         self._close_timer: asyncio.TimerHandle | None = None
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         # Resolved by connection_lost; the handshake waits on it too.
-        self._lost: asyncio.Future[None] = loop.create_future()
+        self._lost: asyncio.Future[None] = self._loop.create_future()
 
     @property
     def subprotocol(self) -> Subprotocol | None:
@@ -225,8 +226,7 @@ class BackendLeg(asyncio.Protocol):
         if the connection ends first.  None when the connection is not open."""
         if self.protocol.state is not OPEN:
             return None
-        loop = asyncio.get_running_loop()
-        self._pong = pong = loop.create_future()
+        self._pong = pong = self._loop.create_future()
         self._pong_payload = os.urandom(4)
         self.protocol.send_ping(self._pong_payload)
         self._flush()
@@ -247,16 +247,14 @@ class BackendLeg(asyncio.Protocol):
 
     # Internals
 
-    async def _wait_reader(self) -> None:
-        self._reader = asyncio.get_running_loop().create_future()
-        try:
-            await self._reader
-        finally:
-            self._reader = None
+    def _wait_reader(self) -> asyncio.Future[None]:
+        """What the one reader awaits: the next message, the response or the end."""
+        self._reader = reader = self._loop.create_future()
+        return reader
 
     def _wake_reader(self) -> None:
-        reader = self._reader
-        if reader is not None and not reader.done():
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():  # done: its waiter was cancelled
             reader.set_result(None)
 
     async def _closed(self) -> NoReturn:
@@ -268,8 +266,8 @@ class BackendLeg(asyncio.Protocol):
     def _arm_close_timer(self) -> None:
         """The closing handshake has ``close_timeout_s`` to end before the socket is dropped."""
         if self._close_timer is None and not self._lost.done():
-            loop = asyncio.get_running_loop()
-            self._close_timer = loop.call_later(self._options.close_timeout_s, self.transport.abort)
+            timeout_s = self._options.close_timeout_s
+            self._close_timer = self._loop.call_later(timeout_s, self.transport.abort)
 
     def _flush(self) -> None:
         """Write what the protocol has to send; b"" means end of stream."""
@@ -368,7 +366,7 @@ class BackendLeg(asyncio.Protocol):
         self.resume_writing()  # a sender waiting for the buffer to drain sees the end
 
     def pause_writing(self) -> None:
-        self._writer = asyncio.get_running_loop().create_future()
+        self._writer = self._loop.create_future()
 
     def resume_writing(self) -> None:
         writer = self._writer
