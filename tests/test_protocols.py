@@ -1,4 +1,4 @@
-"""The gateway's uvicorn WebSocket protocol on a real socket: when the client socket pauses."""
+"""The gateway's uvicorn WebSocket protocol on a real socket: refusals, when the socket pauses."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from gateway.protocols import WebSocketProtocol
 from tests.servers import plain_config, run_server
@@ -19,6 +20,23 @@ async def until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5):
         while not condition():
             await asyncio.sleep(0.005)
+
+
+async def test_a_refusal_completes_the_handshake(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # websocket.connect
+        start = {"type": "websocket.http.response.start", "status": 403, "headers": []}
+        await send(start)
+        await send({"type": "websocket.http.response.body", "body": b"go away"})
+
+    async with run_server(plain_config(app, ws=WebSocketProtocol, log_config=None)) as port:
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"ws://127.0.0.1:{port}/", open_timeout=5):
+                pass
+    assert refused.value.response.status_code == 403
+    assert refused.value.response.body == b"go away"
+    # uvicorn would also log an error and try to answer 500 (uvicorn PR #3138).
+    assert "without completing handshake" not in caplog.text
 
 
 async def test_the_socket_pauses_only_when_a_second_message_waits() -> None:
@@ -36,23 +54,26 @@ async def test_the_socket_pauses_only_when_a_second_message_waits() -> None:
             taken.append(message["text"])
         await send({"type": "websocket.send", "text": ",".join(taken)})
 
-    async with run_server(plain_config(app, ws=WebSocketProtocol)) as port:
-        async with connect(f"ws://127.0.0.1:{port}/", open_timeout=5) as ws:
-            protocol = await connected
-            try:
-                await ws.send("one")
-                await until(lambda: protocol.queue.qsize() == 1)
-                await asyncio.sleep(0.05)
-                # One message waits for a busy app: still reading (uvicorn would pause here).
-                assert protocol.transport.is_reading()  # type: ignore[attr-defined]
-                await ws.send("two")
-                await until(lambda: protocol.queue.qsize() == 2)
-                assert not protocol.transport.is_reading()  # type: ignore[attr-defined]
-                await ws.send("three")
-                await asyncio.sleep(0.1)
-                assert protocol.queue.qsize() == 2  # the third stays in the socket
-            finally:
-                busy.set()
-            # The app took the two: reading resumed, and the third arrived in order.
-            async with asyncio.timeout(5):
-                assert await ws.recv() == "one,two,three"
+    config = plain_config(app, ws=WebSocketProtocol)
+    async with (
+        run_server(config) as port,
+        connect(f"ws://127.0.0.1:{port}/", open_timeout=5) as ws,
+    ):
+        protocol = await connected
+        try:
+            await ws.send("one")
+            await until(lambda: protocol.queue.qsize() == 1)
+            await asyncio.sleep(0.05)
+            # One message waits for a busy app: still reading (uvicorn would pause here).
+            assert protocol.transport.is_reading()  # type: ignore[attr-defined]
+            await ws.send("two")
+            await until(lambda: protocol.queue.qsize() == 2)
+            assert not protocol.transport.is_reading()  # type: ignore[attr-defined]
+            await ws.send("three")
+            await asyncio.sleep(0.1)
+            assert protocol.queue.qsize() == 2  # the third stays in the socket
+        finally:
+            busy.set()
+        # The app took the two: reading resumed, and the third arrived in order.
+        async with asyncio.timeout(5):
+            assert await ws.recv() == "one,two,three"

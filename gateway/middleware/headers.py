@@ -316,6 +316,7 @@ class HeadersMiddleware:
             await self.app(scope, receive, send)
             return
 
+        # Returns send's awaitable: no coroutine frame of its own per relayed message.
         def send_with_rules(message: Message) -> Awaitable[None]:
             if message["type"] in ("http.response.start", "websocket.http.response.start"):
                 headers = apply_rules(message.get("headers", ()), rules, variables)

@@ -134,6 +134,7 @@ class RequestIdMiddleware:
         headers = replace_header(headers, name, value) if incoming else [*headers, (name, value)]
         scope = {**scope, "headers": headers}
 
+        # Returns send's awaitable: no coroutine frame of its own per relayed message.
         def send_with_id(message: Message) -> Awaitable[None]:
             if message["type"] in _RESPONSE_STARTS:
                 message = {
