@@ -16,6 +16,7 @@ Redis on a compose network, services found by name).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -603,5 +604,11 @@ def test_compose_up_runs_the_seed_scenario(image: str) -> None:
         stop = compose("stop")
         assert stop.returncode == 0, stop.stdout + stop.stderr
         assert container_state(gateway)["ExitCode"] == 0, container_logs(gateway)
+    except Exception:
+        # Printed into the failure report: the containers are gone after "down".
+        for service in ("gateway", "echo", "redis"):
+            with contextlib.suppress(Exception):
+                print(f"--- {service} logs ---\n{container_logs(container(service))}")
+        raise
     finally:
         compose("down", "--volumes")
