@@ -53,8 +53,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def send_receive_event_to_app(self) -> None:
         paused = self.read_paused
         self.read_paused = True  # uvicorn's method pauses only a socket it thinks is reading
-        super().send_receive_event_to_app()
-        self.read_paused = paused
+        try:
+            super().send_receive_event_to_app()
+        finally:
+            self.read_paused = paused
         if not paused and not self.close_sent and self.queue.qsize() > 1:
             self.read_paused = True
             self.transport.pause_reading()
