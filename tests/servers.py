@@ -224,6 +224,13 @@ def parse_response(raw: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
     return status, headers, body
 
 
+async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait (polling every 10 ms, at most ``timeout_s``) until ``condition()`` holds."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,15 +10,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from gateway.protocols import WebSocketProtocol
-from tests.servers import plain_config, run_server
+from tests.servers import eventually, plain_config, run_server
 
 pytestmark = pytest.mark.timeout(30)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    async with asyncio.timeout(5):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 async def test_a_refusal_completes_the_handshake(caplog: pytest.LogCaptureFixture) -> None:
@@ -62,13 +55,13 @@ async def test_the_socket_pauses_only_when_a_second_message_waits() -> None:
         protocol = await connected
         try:
             await ws.send("one")
-            await until(lambda: protocol.queue.qsize() == 1)
+            await eventually(lambda: protocol.queue.qsize() == 1)
             await asyncio.sleep(0.05)
             # One message waits for a busy app: still reading (uvicorn would pause here).
-            assert protocol.transport.is_reading()  # type: ignore[attr-defined]
+            assert protocol.transport.is_reading()
             await ws.send("two")
-            await until(lambda: protocol.queue.qsize() == 2)
-            assert not protocol.transport.is_reading()  # type: ignore[attr-defined]
+            await eventually(lambda: protocol.queue.qsize() == 2)
+            assert not protocol.transport.is_reading()
             await ws.send("three")
             await asyncio.sleep(0.1)
             assert protocol.queue.qsize() == 2  # the third stays in the socket

@@ -23,6 +23,7 @@ from gateway.transport import UpstreamTransport
 from gateway.transport._connection import READ_BUFFER_HIGH_BYTES
 from gateway.transport._request import scan_request_headers
 from gateway.transport._stream import ResponseStream
+from tests.servers import eventually
 
 MiB = 1024 * 1024
 BLOCK = hashlib.sha256(b"block").digest() * 2048  # 64 KiB of a fixed pattern
@@ -273,13 +274,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def transport_tasks() -> set[asyncio.Task[Any]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +20,14 @@ from gateway.middleware.limits import (
     head_refusal,
 )
 from gateway.responses import status_text
-from tests.servers import Backend, parse_response, plain_config, raw_exchange, run_server
+from tests.servers import (
+    Backend,
+    eventually,
+    parse_response,
+    plain_config,
+    raw_exchange,
+    run_server,
+)
 
 # The pure decision --------------------------------------------------------------------------
 
@@ -246,12 +252,6 @@ def assert_refused(response: httpx.Response, status: int) -> None:
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
     assert response.headers["content-length"] == str(len(response.content))
     assert response.text == f"{status_text(status)}\n"
-
-
-async def eventually(condition: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_a_declared_body_over_the_limit_never_reaches_the_backend(

@@ -14,7 +14,14 @@ from starlette.types import Message, Receive, Scope, Send
 from gateway import ReverseProxy
 from gateway.middleware.timeouts import TimeoutsMiddleware, check_deadlines, has_request_body
 from gateway.responses import status_text
-from tests.servers import Backend, parse_response, plain_config, raw_exchange, run_server
+from tests.servers import (
+    Backend,
+    eventually,
+    parse_response,
+    plain_config,
+    raw_exchange,
+    run_server,
+)
 
 # The pure decision --------------------------------------------------------------------------
 
@@ -202,12 +209,6 @@ async def timed_gateway(backend: Backend, **timeouts: Any) -> AsyncIterator[int]
             yield port
     finally:
         await proxy.aclose()
-
-
-async def eventually(condition: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_a_stalled_body_gets_408_and_the_backend_sees_a_disconnect(

@@ -14,7 +14,7 @@ import logging
 import socket
 import ssl
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,14 @@ from gateway.proxy.http import ReverseProxy
 from gateway.proxy.websocket import WebSocketProxy
 from gateway.tls import CertificatePair
 from gateway.upstream import HealthCheck, Target, Upstream
-from tests.servers import QuietServer, plain_config, raw_server, read_request_head, run_server
+from tests.servers import (
+    QuietServer,
+    eventually,
+    plain_config,
+    raw_server,
+    read_request_head,
+    run_server,
+)
 
 # -- backends --------------------------------------------------------------------------
 
@@ -265,12 +272,6 @@ async def ws_name(gateway: str, path: str = "/", client_ip: str | None = None) -
         message = await ws.recv()
         assert isinstance(message, str)
         return message
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 def assert_no_active(upstream: Upstream) -> None:
