@@ -33,6 +33,7 @@ from tests.proxy.ws_servers import (
     backend_process,
     never_answers,
     raw_handshake,
+    reads_after,
     stalls,
     tls_bridge,
     ws_backend,
@@ -598,11 +599,6 @@ async def test_slow_backend_slows_the_client(
     release = asyncio.Event()
     received = [0]
 
-    async def slow_reader(connection: ServerConnection) -> None:
-        await release.wait()
-        async for message in connection:
-            received[0] += len(message)
-
     chunk, count = b"x" * 65536, 1024  # 64 MiB offered
     sent = [0]
 
@@ -612,7 +608,7 @@ async def test_slow_backend_slows_the_client(
             sent[0] += len(chunk)
 
     async with (
-        ws_backend(slow_reader, max_queue=4) as backend,
+        ws_backend(reads_after(release, received), max_queue=4) as backend,
         tls_bridge(WebSocketProxy(backend.url), cert_pair) as url,
         client(f"{url}/ws", client_ssl, compression=None) as ws,
     ):

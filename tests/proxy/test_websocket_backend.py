@@ -13,7 +13,13 @@ from websockets.http11 import Request
 from websockets.protocol import State
 
 from gateway.proxy.websocket_backend import BackendLeg, LegOptions, _request, open_backend_leg
-from tests.proxy.ws_servers import accept_handshake, never_answers, stalls, ws_backend
+from tests.proxy.ws_servers import (
+    accept_handshake,
+    never_answers,
+    reads_after,
+    stalls,
+    ws_backend,
+)
 from tests.servers import raw_server
 
 OPTIONS = LegOptions(open_timeout_s=5, close_timeout_s=0.3, max_size=2**20, max_queue=4)
@@ -93,13 +99,8 @@ async def test_send_waits_while_the_backend_does_not_read() -> None:
     release = asyncio.Event()
     got = [0]
 
-    async def late_reader(connection: ServerConnection) -> None:
-        await release.wait()
-        async for message in connection:
-            got[0] += len(message)
-
     chunk, count = b"z" * 65536, 512  # 32 MiB offered
-    async with ws_backend(late_reader, max_queue=1) as backend:
+    async with ws_backend(reads_after(release, got), max_queue=1) as backend:
         leg = await open_leg(backend.port)
         sent = [0]
 

@@ -116,6 +116,18 @@ async def stalls(progress: list[int], limit: int, timeout_s: float = 20.0) -> in
     return last
 
 
+def reads_after(release: asyncio.Event, received: list[int]) -> Handler:
+    """A backend handler that reads nothing until ``release`` is set, then counts the
+    bytes of the messages it reads into ``received[0]``."""
+
+    async def late_reader(connection: ServerConnection) -> None:
+        await release.wait()
+        async for message in connection:
+            received[0] += len(message)
+
+    return late_reader
+
+
 async def accept_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """A backend that completes the handshake, then never writes again (no pongs, no close)."""
     await accept_handshake(reader, writer)
