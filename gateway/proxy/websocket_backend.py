@@ -254,8 +254,7 @@ class BackendLeg(asyncio.Protocol):
 
     def _wake_reader(self) -> None:
         reader, self._reader = self._reader, None
-        if reader is not None and not reader.done():  # done: its waiter was cancelled
-            reader.set_result(None)
+        _resolve(reader)
 
     async def _closed(self) -> NoReturn:
         """Wait for the end of a closing connection, then raise why it closed."""
@@ -306,8 +305,7 @@ class BackendLeg(asyncio.Protocol):
                 data, self._partial = self._partial, None
                 self._deliver(data, self._partial_text)
         elif opcode is PONG and self._pong is not None and frame.data == self._pong_payload:
-            if not self._pong.done():
-                self._pong.set_result(None)
+            _resolve(self._pong)
             self._pong = None
 
     def _deliver(self, data: bytes | bytearray | memoryview, text: bool) -> None:
@@ -369,7 +367,11 @@ class BackendLeg(asyncio.Protocol):
         self._writer = self._loop.create_future()
 
     def resume_writing(self) -> None:
-        writer = self._writer
-        self._writer = None
-        if writer is not None and not writer.done():
-            writer.set_result(None)
+        writer, self._writer = self._writer, None
+        _resolve(writer)
+
+
+def _resolve(waiter: asyncio.Future[None] | None) -> None:
+    """Wake ``waiter`` if someone still waits on it (done: it was cancelled or failed)."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
