@@ -18,19 +18,20 @@ answered.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import ipaddress
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.lifespan import serve_lifespan
-from gateway.metrics import Metrics, route_label
+from gateway.metrics import Metrics
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -45,69 +46,62 @@ class StatusSource(Protocol):
 
     {"settings_loaded": bool,
      "routes": [{"name", "upstream", "http", "websocket",
-                 "targets": [{"address": "host:port", "healthy": True | False | None}]}],
+                 "targets": [{"address": "host:port", "healthy": True | False | None,
+                              "down": bool, "fails": int, "last_error": str | None}]}],
      "pool": {"connections", "idle", "waiting"} | None,
-     "websocket_sessions": int}
+     "websocket_sessions": int,
+     "process": {"asyncio_tasks", "open_fds", "retired_configurations"}}
+
+    ``healthy`` is the active health check's verdict (None without one); ``down`` is
+    that or recent failures (nginx's ``max_fails``/``fail_timeout``).
     """
 
     def __call__(self) -> Mapping[str, Any]: ...
 
 
-def readiness(snapshot: Mapping[str, Any]) -> tuple[bool, str]:
-    """Ready when settings are loaded and every route has a target not known to be down."""
+def readiness(snapshot: Mapping[str, Any], *, backends: bool = True) -> tuple[bool, str]:
+    """Ready when settings are loaded and (with ``backends``) every route has a target
+    that is not down."""
     if not snapshot.get("settings_loaded"):
         return False, "settings not loaded"
     routes = snapshot.get("routes") or []
     if not routes:
         return False, "no routes"
+    if not backends:
+        return True, "ready"
     for route in routes:
         targets = route.get("targets") or []
-        if targets and all(target.get("healthy") is False for target in targets):
-            return False, f"route {route.get('name')}: no healthy target"
+        if targets and all(target.get("down") for target in targets):
+            errors = sorted({str(t["last_error"]) for t in targets if t.get("last_error")})
+            why = f" (last error: {', '.join(errors)})" if errors else ""
+            return False, f"route {route.get('name')}: no usable target{why}"
     return True, "ready"
 
 
-def _default_target(upstream: str) -> str | None:
-    parts = urlsplit(upstream)
-    if not parts.hostname:
-        return None
+def _open_fds() -> int | None:
     try:
-        port = parts.port
-    except ValueError:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux
         return None
-    if port is None:
-        port = 443 if parts.scheme in ("https", "wss") else 80
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{host}:{port}"
-
-
-def _upstream_of(app: object) -> str | None:
-    """The ``upstream`` of the proxy under a stack of middleware (each with ``.app``)."""
-    for _ in range(64):
-        upstream = getattr(app, "upstream", None)
-        if isinstance(upstream, str):
-            return upstream
-        app = getattr(app, "app", None)
-        if app is None:
-            break
-    return None
 
 
 class GatewayStatus:
     """A ``StatusSource`` over a running ``Gateway``, reading public attributes only.
 
     ``gateway`` may be a callable returning the current one (None before settings
-    are loaded), so a reload that swaps the gateway is followed.  Target health comes
-    from what health checks reported to ``metrics.set_target_health(upstream, ...)``
-    with the route's upstream URL as ``upstream``; a route without reports shows its
-    upstream's address with unknown health.
+    are loaded), so a reload that swaps the gateway is followed; ``retired`` returns
+    how many replaced configurations still finish requests or sessions.
     """
 
     def __init__(
-        self, gateway: Gateway | Callable[[], Gateway | None], metrics: Metrics | None = None
+        self,
+        gateway: Gateway | Callable[[], Gateway | None],
+        metrics: Metrics | None = None,
+        retired: Callable[[], int] = lambda: 0,
     ) -> None:
         self._gateway = gateway
         self.metrics = metrics
+        self._retired = retired
 
     def current(self) -> Gateway | None:
         """The gateway being reported on."""
@@ -115,37 +109,52 @@ class GatewayStatus:
         return gateway() if callable(gateway) else gateway
 
     def __call__(self) -> dict[str, Any]:
+        process = {
+            "asyncio_tasks": len(asyncio.all_tasks()),
+            "open_fds": _open_fds(),
+            "retired_configurations": self._retired(),
+        }
         gateway = self.current()
         if gateway is None:
-            return {"settings_loaded": False, "routes": [], "pool": None, "websocket_sessions": 0}
-        health = self.metrics.target_health() if self.metrics is not None else {}
+            return {
+                "settings_loaded": False,
+                "routes": [],
+                "pool": None,
+                "websocket_sessions": 0,
+                "process": process,
+            }
         routes = []
-        for route in gateway.router.routes:
-            upstream = _upstream_of(route.http) or _upstream_of(route.websocket)
+        pairs = zip(gateway.route_upstreams, gateway.router.routes, strict=True)
+        for (name, upstream), route in pairs:
             targets = [
-                {"address": target, "healthy": healthy}
-                for (pool, target), healthy in sorted(health.items())
-                if pool == upstream
+                {
+                    "address": target.address,
+                    "healthy": target.healthy,
+                    "down": target.down,
+                    "fails": target.fails,
+                    "last_error": target.last_error,
+                }
+                for target in (upstream.status() if upstream is not None else ())
             ]
-            if not targets and upstream is not None:
-                address = _default_target(upstream)
-                if address is not None:
-                    targets.append({"address": address, "healthy": None})
             routes.append(
                 {
-                    "name": route_label(route.prefix, getattr(route, "hosts", ())),
-                    "upstream": upstream,
+                    "name": name,
+                    "upstream": upstream.name if upstream is not None else None,
                     "http": route.http is not None,
                     "websocket": route.websocket is not None,
                     "targets": targets,
                 }
             )
-        pool_stats = getattr(gateway.transport, "pool_stats", None)
+        pool = {"connections": 0, "idle": 0, "waiting": 0}
+        for stats in gateway.pool_stats().values():
+            for key in pool:
+                pool[key] += stats.get(key, 0)
         return {
             "settings_loaded": True,
             "routes": routes,
-            "pool": dict(pool_stats()) if callable(pool_stats) else None,
+            "pool": pool,
             "websocket_sessions": sum(bridge.active_sessions for bridge in gateway.bridges),
+            "process": process,
         }
 
 
@@ -178,11 +187,16 @@ class AdminApp:
         status_source: StatusSource,
         ready: Readiness | None = None,
         allowed_hosts: Iterable[str] = (),
+        ready_needs_backends: bool = True,
     ) -> None:
         self.metrics = metrics
         self.status_source = status_source
-        self.ready = ready if ready is not None else lambda: readiness(status_source())
+        self.ready_needs_backends = ready_needs_backends
+        self.ready = ready if ready is not None else self._ready
         self.allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
+
+    def _ready(self) -> tuple[bool, str]:
+        return readiness(self.status_source(), backends=self.ready_needs_backends)
 
     def __repr__(self) -> str:
         return f"AdminApp(allowed_hosts={sorted(self.allowed_hosts)!r})"
@@ -197,7 +211,7 @@ class AdminApp:
             {**route, "counts": per_route.get(route.get("name"), zero)}
             for route in snapshot.get("routes") or []
         ]
-        ok, reason = readiness(snapshot)
+        ok, reason = readiness(snapshot, backends=self.ready_needs_backends)
         snapshot.update(counts, time_s=time.time(), ready={"ok": ok, "reason": reason})
         return snapshot
 
@@ -246,10 +260,15 @@ def admin_app(
     status_source: StatusSource,
     ready: Readiness | None = None,
     allowed_hosts: Iterable[str] = (),
+    ready_needs_backends: bool = True,
 ) -> ASGIApp:
     """The admin app; ``ready()`` defaults to ``readiness(status_source())``."""
     return AdminApp(
-        metrics=metrics, status_source=status_source, ready=ready, allowed_hosts=allowed_hosts
+        metrics=metrics,
+        status_source=status_source,
+        ready=ready,
+        allowed_hosts=allowed_hosts,
+        ready_needs_backends=ready_needs_backends,
     )
 
 
@@ -299,7 +318,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .target::before { content: "\\25CF "; }
 .target.healthy::before { color: var(--ok); }
 .target.down::before { color: var(--bad); }
-.target.unchecked::before { color: var(--muted); }
+.target.up::before { color: var(--ok); }
 """
 
 _SCRIPT = """
@@ -313,7 +332,8 @@ function el(tag, text, cls) {
 }
 function show(id, value) { document.getElementById(id).textContent = String(value); }
 function health(target) {
-  return target.healthy === true ? "healthy" : target.healthy === false ? "down" : "unchecked";
+  if (target.down) return "down";
+  return target.healthy === true ? "healthy" : "up";
 }
 function renderRoutes(routes) {
   const rows = routes.map((route) => {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,6 @@ from gateway.settings import (
 )
 from gateway.stack import StackBuilder
 from gateway.static import static_app
-from gateway.transport import UpstreamTransport
 from gateway.upstream import HealthCheck, Target, Upstream
 
 __all__ = ["Gateway", "build_gateway", "close_websockets", "create_app", "reload_app"]
@@ -58,40 +57,49 @@ def _forwarding(settings: Settings, route: RouteSettings) -> ForwardingOptions:
     )
 
 
-def make_transport(settings: Settings) -> UpstreamTransport:
-    """The one backend transport (connection pools) that all routes share."""
-    t = settings.timeouts
-    return UpstreamTransport(
-        connect_timeout_s=t.connect_s,
-        read_timeout_s=t.read_s,
-        write_timeout_s=t.write_s,
-        pool_timeout_s=t.pool_s,
-    )
-
-
 @dataclass
 class Gateway:
-    """One configuration's request path (``app``) and what needs closing at its end."""
+    """One configuration's request path (``app``) and what needs closing at its end.
+
+    ``upstreams`` holds every backend as an `Upstream`: the ``[upstreams.NAME]`` pools by
+    name, and each route URL as a pool of one target named by the URL. ``route_upstreams``
+    names each route (its metrics label) and its upstream (None for a directory).
+    ``in_flight`` counts the requests and WebSocket sessions running on it.
+    """
 
     app: ASGIApp
     router: Router
-    transport: httpx.AsyncBaseTransport
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    route_upstreams: list[tuple[str, Upstream | None]] = field(default_factory=list)
     bridges: list[WebSocketProxy] = field(default_factory=list)
     stores: list[RateStore] = field(default_factory=list)
-    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    in_flight: int = 0
 
     async def start(self) -> None:
         """Start background work: active health probes."""
         for upstream in self.upstreams.values():
             await upstream.start()
 
+    def retire(self) -> None:
+        """A reload replaced this configuration: stop its health probes now."""
+        for upstream in self.upstreams.values():
+            upstream.stop_health_checks()
+
     async def aclose(self) -> None:
         """Close backend connections, health probes and rate-limit stores."""
         for upstream in self.upstreams.values():
             await upstream.aclose()
-        await self.transport.aclose()
         for store in self.stores:
             await store.aclose()
+
+    def pool_stats(self) -> dict[str, dict[str, int]]:
+        """Backend connection pool sizes per upstream (``connections``, ``idle``, ``waiting``)."""
+        stats: dict[str, dict[str, int]] = {}
+        for name, upstream in self.upstreams.items():
+            pool_stats = getattr(upstream.transport, "pool_stats", None)
+            if callable(pool_stats):
+                stats[name] = dict(pool_stats())
+        return stats
 
 
 def make_upstream(name: str, pool: UpstreamSettings) -> Upstream:
@@ -125,18 +133,27 @@ def make_upstream(name: str, pool: UpstreamSettings) -> Upstream:
 
 def build_gateway(settings: Settings, metrics: Metrics | None = None) -> Gateway:
     """Routes with their proxies and middleware stacks; ConfigError names bad keys."""
-    transport = make_transport(settings)
     builder = StackBuilder(settings)
-    # One pool per name, shared by every route (and both proxies) that use it.
+    # One pool per name, shared by every route (and both proxies) that use it; a route's
+    # URL is a pool of one target, shared by the routes with the same URL.
     upstreams: dict[str, Upstream] = {}
     for name, pool in settings.upstreams.items():
         made = builder.make(f"upstreams.{name}", functools.partial(make_upstream, name, pool))
         if made is not None:
             upstreams[name] = made
     routes = []
+    route_upstreams: list[tuple[str, Upstream | None]] = []
     bridges = []
     for index, route in enumerate(settings.routes):
         timeouts = route.timeouts or settings.timeouts
+        label = route_label(route.prefix, route.hosts)
+        upstream: Upstream | None = None
+        if route.upstream is not None:
+            upstream = upstreams.get(route.upstream)
+            if upstream is None:
+                upstream = Upstream([route.upstream], name=route.upstream)
+                upstreams[route.upstream] = upstream
+        route_upstreams.append((label, upstream))
         http_app: ASGIApp | None = None
         ws_app: ASGIApp | None = None
         if route.root is not None:
@@ -146,21 +163,17 @@ def build_gateway(settings: Settings, metrics: Metrics | None = None) -> Gateway
                 functools.partial(static_app, route.root, index=route.index),
             )
             http_app = None if files is None else builder.wrap(files, route, index)
-        elif route.http:
-            assert route.upstream is not None
-            named = upstreams.get(route.upstream)
+        elif route.http and upstream is not None:
             proxy = ReverseProxy(
-                named or route.upstream,
-                transport=None if named else transport,
+                upstream,
                 timeout=_timeout(timeouts),
                 forwarding=_forwarding(settings, route),
                 rewrite_location=settings.forwarding.rewrite_location,
             )
             http_app = builder.wrap(proxy, route, index)
-        label = route_label(route.prefix, route.hosts)
-        if route.upstream is not None and route.websocket:
+        if upstream is not None and route.websocket:
             observer = metrics.route(label) if metrics is not None else None
-            bridge = websocket_bridge(settings, route, upstreams.get(route.upstream), observer)
+            bridge = websocket_bridge(settings, route, upstream, observer)
             bridges.append(bridge)
             ws_app = builder.wrap(bridge, route, index, websocket=True)
         if metrics is not None and http_app is not None:
@@ -180,7 +193,7 @@ def build_gateway(settings: Settings, metrics: Metrics | None = None) -> Gateway
             header=settings.request_id.header,
             trust_incoming=settings.request_id.trust_incoming,
         )
-    return Gateway(app, router, transport, bridges, builder.stores, upstreams)
+    return Gateway(app, router, upstreams, route_upstreams, bridges, builder.stores)
 
 
 def websocket_bridge(
@@ -207,12 +220,40 @@ def websocket_bridge(
 
 
 class _Live:
-    """The live configuration; ``reload_app`` swaps it between requests."""
+    """The live configuration; ``reload_app`` swaps it between requests.
+
+    A replaced configuration is retired: its health probes stop at once, and it is
+    closed (backend connections, rate-limit stores) when its last request or WebSocket
+    session ends - at once if none is running.
+    """
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        # Replaced configurations: closed at shutdown, once nothing can still use them.
         self.retired: list[Gateway] = []
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def replace(self, gateway: Gateway) -> None:
+        """Make ``gateway`` live and retire the one it replaces."""
+        old, self.gateway = self.gateway, gateway
+        old.retire()
+        self.retired.append(old)
+        if old.in_flight == 0:
+            self.close_retired(old)
+
+    def close_retired(self, gateway: Gateway) -> None:
+        """Close a retired configuration that nothing uses any more."""
+        if gateway in self.retired:
+            self.retired.remove(gateway)
+            task = asyncio.get_running_loop().create_task(gateway.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def aclose(self) -> None:
+        """Close the live configuration and every retired one (the server stops)."""
+        for gateway in [self.gateway, *self.retired]:
+            await gateway.aclose()
+        self.retired.clear()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 class _GatewayApp(Starlette):
@@ -244,11 +285,20 @@ class _Dispatch:
         self.live = live
         self.router = router
 
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # A plain function returning the app's awaitable: no frame of ours stays alive.
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            return self.router(scope, receive, send)
-        return self.live.gateway.app(scope, receive, send)
+            await self.router(scope, receive, send)
+            return
+        # Counted, so that a configuration replaced by a reload is closed when the last
+        # request or session that started on it ends.
+        gateway = self.live.gateway
+        gateway.in_flight += 1
+        try:
+            await gateway.app(scope, receive, send)
+        finally:
+            gateway.in_flight -= 1
+            if gateway.in_flight == 0 and gateway is not self.live.gateway:
+                self.live.close_retired(gateway)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -257,7 +307,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings = load_settings()
     metrics = Metrics()
     live = _Live(build_gateway(settings, metrics))
-    metrics.watch_pool(lambda: live.gateway.transport.pool_stats())  # type: ignore[attr-defined]
+    metrics.watch_upstreams(lambda: live.gateway.upstreams)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -265,8 +315,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
-            for gateway in [live.gateway, *live.retired]:
-                await gateway.aclose()
+            await live.aclose()
 
     middleware: list[Middleware] = []
     if settings.log.access_log:
@@ -292,8 +341,9 @@ def create_admin_app(app: Starlette) -> ASGIApp:
     settings: Settings = app.state.settings
     return admin_app(
         metrics=metrics,
-        status_source=GatewayStatus(lambda: live.gateway, metrics),
+        status_source=GatewayStatus(lambda: live.gateway, metrics, lambda: len(live.retired)),
         allowed_hosts=settings.admin.allowed_hosts,
+        ready_needs_backends=settings.admin.readiness == "backends",
     )
 
 
@@ -305,8 +355,7 @@ async def reload_app(app: Starlette, settings: Settings) -> None:
     live: _Live = app.state.live
     gateway = build_gateway(settings, app.state.metrics)
     await gateway.start()
-    live.retired.append(live.gateway)
-    live.gateway = gateway
+    live.replace(gateway)
 
 
 async def close_websockets(app: Starlette, grace_s: float) -> None:

@@ -14,8 +14,8 @@ Who reports what, without importing this module (plain values and duck typing):
   ``SessionObserver``): ``websocket_opened()`` after accepting the client,
   ``websocket_closed(...)`` when the session ends, ``upstream_error(exc)`` when the
   backend leg cannot be opened.
-- Health checks call ``set_target_health(upstream, target, healthy)``.
-- Backend pool sizes are read at scrape time from ``watch_pool(callable)``.
+- Target health and backend pool sizes are read at scrape time from the upstreams that
+  ``watch_upstreams(callable)`` returns (by name: ``status()`` and ``transport.pool_stats()``).
 
 Metric names (namespace ``gateway``)::
 
@@ -26,10 +26,10 @@ Metric names (namespace ``gateway``)::
     gateway_websocket_sessions_total{route}               counter
     gateway_websocket_messages_total{route,direction}     counter
     gateway_websocket_bytes_total{route,direction}        counter
-    gateway_upstream_target_healthy{upstream,target}      gauge, 1 healthy, 0 down
-    gateway_upstream_pool_connections                     gauge, open or opening
-    gateway_upstream_pool_idle_connections                gauge
-    gateway_upstream_pool_waiting_requests                gauge
+    gateway_upstream_target_healthy{upstream,target}      gauge, 1 up, 0 down (probe or failures)
+    gateway_upstream_pool_connections{upstream}           gauge, open or opening
+    gateway_upstream_pool_idle_connections{upstream}      gauge
+    gateway_upstream_pool_waiting_requests{upstream}      gauge
 
 plus ``process_*`` (CPU, memory, open files) unless ``process_metrics=False``.
 ``direction`` is ``client_to_backend`` or ``backend_to_client``; status classes come
@@ -42,7 +42,7 @@ import re
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, Protocol
@@ -66,7 +66,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-from gateway.upstream import failure_kind
+from gateway.upstream import TargetStatus, failure_kind
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -257,10 +257,10 @@ class _RequestCollector(Collector):
         yield latency
 
 
-class _PoolCollector(Collector):
-    """Backend pool sizes, read when Prometheus scrapes."""
+class _UpstreamCollector(Collector):
+    """Target health and backend pool sizes of every upstream, read when Prometheus scrapes."""
 
-    NAMES = (
+    POOL = (
         ("connections", "upstream_pool_connections", "Backend connections open or opening."),
         ("idle", "upstream_pool_idle_connections", "Idle keep-alive backend connections."),
         ("waiting", "upstream_pool_waiting_requests", "Requests waiting for a connection."),
@@ -268,7 +268,7 @@ class _PoolCollector(Collector):
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
-        self.source: Callable[[], Mapping[str, int]] | None = None
+        self.source: Callable[[], Mapping[str, UpstreamView]] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return ()
@@ -276,10 +276,35 @@ class _PoolCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         if self.source is None:
             return
-        stats = self.source()
-        for key, name, text in self.NAMES:
-            if key in stats:
-                yield GaugeMetricFamily(f"{self.namespace}_{name}", text, value=stats[key])
+        upstreams = self.source()
+        healthy = GaugeMetricFamily(
+            f"{self.namespace}_upstream_target_healthy",
+            "Backend target health: 1 up, 0 down (health check or recent failures).",
+            labels=["upstream", "target"],
+        )
+        pools = {
+            key: GaugeMetricFamily(f"{self.namespace}_{name}", text, labels=["upstream"])
+            for key, name, text in self.POOL
+        }
+        for name, upstream in upstreams.items():
+            for target in upstream.status():
+                healthy.add_metric([name, target.address], 0 if target.down else 1)
+            pool_stats = getattr(upstream.transport, "pool_stats", None)
+            stats: Mapping[str, int] = pool_stats() if callable(pool_stats) else {}
+            for key, family in pools.items():
+                if key in stats:
+                    family.add_metric([name], stats[key])
+        yield healthy
+        yield from pools.values()
+
+
+class UpstreamView(Protocol):
+    """What the metrics read of an upstream (``gateway.upstream.Upstream`` has it)."""
+
+    @property
+    def transport(self) -> object: ...
+
+    def status(self) -> Sequence[TargetStatus]: ...
 
 
 class Metrics:
@@ -325,17 +350,10 @@ class Metrics:
             ["route", "direction"],
             **options,
         )
-        self.target_healthy = Gauge(
-            "upstream_target_healthy",
-            "Backend target health: 1 healthy, 0 down.",
-            ["upstream", "target"],
-            **options,
-        )
-        self._pool = _PoolCollector(namespace)
-        self.registry.register(self._pool)
+        self._upstreams = _UpstreamCollector(namespace)
+        self.registry.register(self._upstreams)
         if process_metrics:
             ProcessCollector(registry=self.registry)
-        self._health: dict[tuple[str, str], bool] = {}
         self.recent_errors: deque[ErrorRecord] = deque(maxlen=max_recent_errors)
         self._rate_samples: deque[tuple[float, int]] = deque([(clock(), 0)], maxlen=256)
 
@@ -369,29 +387,15 @@ class Metrics:
         """An accepted WebSocket session of ``route`` ended."""
         self.route(route).websocket_closed(messages_up, bytes_up, messages_down, bytes_down)
 
-    def set_target_health(self, upstream: str, target: str, healthy: bool) -> None:
-        """Health of ``target`` (``host:port``) in the pool named ``upstream``."""
-        self.target_healthy.labels(upstream, target).set(1 if healthy else 0)
-        self._health[(upstream, target)] = healthy
-
-    def forget_target(self, upstream: str, target: str) -> None:
-        """Stop reporting a target (removed by a reload)."""
-        if self._health.pop((upstream, target), None) is not None:
-            self.target_healthy.remove(upstream, target)
-
-    def watch_pool(self, source: Callable[[], Mapping[str, int]] | None) -> None:
-        """Read backend pool sizes from ``source()`` (``connections``, ``idle``, ``waiting``)."""
-        self._pool.source = source
+    def watch_upstreams(self, source: Callable[[], Mapping[str, UpstreamView]] | None) -> None:
+        """Read target health and pool sizes from ``source()`` (upstreams by name) on scrapes."""
+        self._upstreams.source = source
 
     def record_error(self, route: str, kind: str, message: str) -> None:
         """Keep an error for the status page (the last ``max_recent_errors``)."""
         self.recent_errors.append(ErrorRecord(self.clock(), route, kind, message))
 
     # Reading
-
-    def target_health(self) -> dict[tuple[str, str], bool]:
-        """Reported health by ``(upstream, target)``."""
-        return dict(self._health)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format 0.0.4."""

@@ -392,6 +392,9 @@ class AdminSettings(_Section):
     port: int = Field(9901, ge=0, le=65535)
     # Host names the admin answers besides IP addresses and localhost (DNS rebinding guard).
     allowed_hosts: list[str] = Field(default_factory=list)
+    # /readyz: "backends" is not ready (503) while a route has no usable target (down by
+    # its health check or by recent failures); "process" is ready once settings are loaded.
+    readiness: Literal["backends", "process"] = "backends"
 
 
 class Settings(BaseSettings):

@@ -47,19 +47,23 @@ async def test_healthz_readyz_and_metrics(
     assert {"gateway_http_requests", "gateway_http_request_duration_seconds"} <= names
 
 
-async def test_readyz_is_503_when_every_target_of_a_route_is_down(
+async def test_readyz_is_503_while_a_route_has_no_usable_target(
     backend: Backend, admin_client: httpx.AsyncClient
 ) -> None:
     metrics = Metrics()
-    upstream = f"http://127.0.0.1:{backend.port}"
-    async with instrumented_gateway(two_routes(backend), metrics) as (_, admin, _):
-        metrics.set_target_health(upstream, f"127.0.0.1:{backend.port}", False)
+    async with instrumented_gateway(two_routes(backend), metrics) as (url, admin, gateway):
+        upstream = gateway.upstreams[f"http://127.0.0.1:{backend.port}"]
+        upstream.failed(upstream.peers[0], "connect_error", "refused")
         down = await admin_client.get(f"{admin}/readyz")
-        metrics.set_target_health(upstream, "127.0.0.2:80", True)
-        one_up = await admin_client.get(f"{admin}/readyz")
+        status = (await admin_client.get(f"{admin}/status.json")).json()
+        await admin_client.get(f"{url}/api/echo")  # a success brings it back
+        up = await admin_client.get(f"{admin}/readyz")
     assert down.status_code == 503
-    assert down.text == "route /api: no healthy target\n"
-    assert one_up.status_code == 200
+    assert down.text == "route /api: no usable target (last error: connect_error)\n"
+    assert status["ready"]["ok"] is False
+    target = status["routes"][0]["targets"][0]
+    assert (target["down"], target["fails"], target["last_error"]) == (True, 1, "connect_error")
+    assert (up.status_code, up.text) == (200, "ready\n")
 
 
 async def test_readyz_before_settings_are_loaded(admin_client: httpx.AsyncClient) -> None:
@@ -80,7 +84,9 @@ async def test_readyz_before_settings_are_loaded(admin_client: httpx.AsyncClient
     assert after.status_code == 200
     [route] = status["routes"]
     assert route["upstream"] == "http://10.0.0.1"
-    assert route["targets"] == [{"address": "10.0.0.1:80", "healthy": None}]
+    assert route["targets"] == [
+        {"address": "10.0.0.1", "healthy": None, "down": False, "fails": 0, "last_error": None}
+    ]
 
 
 async def test_custom_readiness_callable(admin_client: httpx.AsyncClient) -> None:
@@ -105,7 +111,6 @@ async def test_status_json_reports_routes_targets_counts_and_errors(
         for _ in range(4):
             await admin_client.get(f"{url}/api/echo")
         await admin_client.get(f"{url}/api/status/500")
-        metrics.set_target_health(upstream, target, True)
         metrics.upstream_error("/api", "no_healthy_target")
         response = await admin_client.get(f"{admin}/status.json")
     assert response.status_code == 200
@@ -125,7 +130,9 @@ async def test_status_json_reports_routes_targets_counts_and_errors(
     api = routes["/api"]
     assert api["upstream"] == upstream
     assert (api["http"], api["websocket"]) == (True, True)
-    assert api["targets"] == [{"address": target, "healthy": True}]
+    assert api["targets"] == [
+        {"address": target, "healthy": None, "down": False, "fails": 0, "last_error": None}
+    ]
     assert api["counts"] == {
         "requests": 5,
         "server_errors": 1,
@@ -184,19 +191,26 @@ async def test_refusals(admin_client: httpx.AsyncClient) -> None:
         ({"settings_loaded": True, "routes": [{"name": "/", "targets": []}]}, (True, "ready")),
         (
             {"settings_loaded": True, "routes": [
-                {"name": "/a", "targets": [{"healthy": None}]},
-                {"name": "/b", "targets": [{"healthy": False}, {"healthy": True}]},
+                {"name": "/a", "targets": [{"down": False}]},
+                {"name": "/b", "targets": [{"down": True}, {"down": False}]},
             ]},
             (True, "ready"),
         ),
         (
             {"settings_loaded": True, "routes": [
-                {"name": "/a", "targets": [{"healthy": True}]},
-                {"name": "/b", "targets": [{"healthy": False}, {"healthy": False}]},
+                {"name": "/a", "targets": [{"down": False}]},
+                {"name": "/b", "targets": [{"down": True, "last_error": "timeout"},
+                                           {"down": True, "last_error": "unhealthy"}]},
             ]},
-            (False, "route /b: no healthy target"),
+            (False, "route /b: no usable target (last error: timeout, unhealthy)"),
         ),
     ],
 )  # fmt: skip
 def test_readiness(snapshot: dict[str, Any], expected: tuple[bool, str]) -> None:
     assert readiness(snapshot) == expected
+
+
+def test_readiness_without_backends_needs_only_settings() -> None:
+    down = {"settings_loaded": True, "routes": [{"name": "/", "targets": [{"down": True}]}]}
+    assert readiness(down, backends=False) == (True, "ready")
+    assert readiness({}, backends=False) == (False, "settings not loaded")

@@ -30,6 +30,7 @@ from gateway.metrics import (
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.routing import Router
 from gateway.settings import Settings
+from gateway.upstream import Upstream
 from tests.proxy.ws_servers import ws_backend
 from tests.servers import Backend, free_port, plain_config, run_server
 
@@ -61,9 +62,7 @@ async def instrumented_gateway(
     """A gateway (plain HTTP) and its admin listener; yields both base URLs and the parts."""
     gateway = build_gateway(settings)
     admin = admin_app(metrics=metrics, status_source=GatewayStatus(gateway, metrics))
-    transport = gateway.transport
-    if callable(getattr(transport, "pool_stats", None)):
-        metrics.watch_pool(transport.pool_stats)  # type: ignore[attr-defined]
+    metrics.watch_upstreams(lambda: gateway.upstreams)
     try:
         async with (
             run_server(plain_config(instrument(gateway, metrics))) as port,
@@ -131,8 +130,11 @@ async def test_requests_and_latency_by_route_after_real_traffic(backend: Backend
     assert all(b is not None for b in buckets)
     assert buckets == sorted(buckets)  # type: ignore[type-var]
     assert buckets[-1] == 5
-    # The shared backend pool is read at scrape time.
-    assert value(samples, "gateway_upstream_pool_connections") is not None
+    # Each upstream's pool is read at scrape time (both routes share one URL upstream).
+    upstream = f"http://127.0.0.1:{backend.port}"
+    assert value(samples, "gateway_upstream_pool_connections", upstream=upstream) == 1
+    healthy = "gateway_upstream_target_healthy"
+    assert value(samples, healthy, upstream=upstream, target=f"127.0.0.1:{backend.port}") == 1
     assert value(samples, "process_resident_memory_bytes") is not None
 
 
@@ -263,25 +265,39 @@ def test_websocket_observer_counts_sessions_messages_and_bytes() -> None:
     assert snapshot["routes"]["/ws"]["websocket_open"] == 1
 
 
-def test_target_health_and_pool_gauges() -> None:
+def test_target_health_and_pool_gauges_by_upstream() -> None:
+    class Transport:
+        def pool_stats(self) -> dict[str, int]:
+            return {"connections": 4, "idle": 3, "waiting": 1}
+
+    now = [0.0]
+    app = Upstream(
+        ["http://10.0.0.1", "http://10.0.0.2"],
+        name="app",
+        transport=Transport(),  # type: ignore[arg-type]
+        clock=lambda: now[0],
+    )
+    alone = Upstream(["http://10.0.0.3:8080"], name="alone", max_fails=2, clock=lambda: now[0])
+    app.failed(app.peers[1], "connect_error")
+    alone.failed(alone.peers[0], "timeout")  # one of two failures: still up
     metrics = Metrics()
-    metrics.set_target_health("http://app", "10.0.0.1:80", True)
-    metrics.set_target_health("http://app", "10.0.0.2:80", False)
-    metrics.set_target_health("http://app", "10.0.0.3:80", True)
-    metrics.forget_target("http://app", "10.0.0.3:80")
-    metrics.watch_pool(lambda: {"connections": 4, "idle": 3, "waiting": 1})
+    metrics.watch_upstreams(lambda: {"app": app, "alone": alone})
     samples = parse(metrics.exposition().decode())
     healthy = "gateway_upstream_target_healthy"
-    assert value(samples, healthy, upstream="http://app", target="10.0.0.1:80") == 1
-    assert value(samples, healthy, upstream="http://app", target="10.0.0.2:80") == 0
-    assert value(samples, healthy, upstream="http://app", target="10.0.0.3:80") is None
-    assert value(samples, "gateway_upstream_pool_connections") == 4
-    assert value(samples, "gateway_upstream_pool_idle_connections") == 3
-    assert value(samples, "gateway_upstream_pool_waiting_requests") == 1
-    assert metrics.target_health() == {
-        ("http://app", "10.0.0.1:80"): True,
-        ("http://app", "10.0.0.2:80"): False,
-    }
+    assert value(samples, healthy, upstream="app", target="10.0.0.1") == 1
+    assert value(samples, healthy, upstream="app", target="10.0.0.2") == 0
+    assert value(samples, healthy, upstream="alone", target="10.0.0.3:8080") == 1
+    assert value(samples, "gateway_upstream_pool_connections", upstream="app") == 4
+    assert value(samples, "gateway_upstream_pool_idle_connections", upstream="app") == 3
+    assert value(samples, "gateway_upstream_pool_waiting_requests", upstream="app") == 1
+    assert value(samples, "gateway_upstream_pool_connections", upstream="alone") == 0
+    alone.failed(alone.peers[0], "timeout")  # the second: a lone target counts as down too
+    samples = parse(metrics.exposition().decode())
+    assert value(samples, healthy, upstream="alone", target="10.0.0.3:8080") == 0
+    now[0] = 11.0  # fail_timeout_s later it is up again
+    samples = parse(metrics.exposition().decode())
+    assert value(samples, healthy, upstream="alone", target="10.0.0.3:8080") == 1
+    assert value(samples, healthy, upstream="app", target="10.0.0.2") == 1
 
 
 def test_each_app_has_its_own_registry() -> None:

@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from gateway.metrics import Metrics
+from gateway.upstream import Upstream
 from tests.servers import Backend, plain_config, run_server
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_metrics import instrumented_gateway, two_routes
@@ -28,6 +29,7 @@ class Running:
     admin_url: str
     target: str
     metrics: Metrics
+    upstream: Upstream
     loop: asyncio.AbstractEventLoop
 
 
@@ -44,12 +46,11 @@ def running() -> Iterator[Running]:
         metrics = Metrics()
         async with run_server(plain_config(backend)) as port:
             backend.port = port
-            async with instrumented_gateway(two_routes(backend), metrics) as (url, admin, _):
+            async with instrumented_gateway(two_routes(backend), metrics) as (url, admin, gw):
                 target = f"127.0.0.1:{port}"
-                # What an active health check reports once the target answered.
-                metrics.set_target_health(f"http://{target}", target, True)
+                upstream = gw.upstreams[f"http://{target}"]
                 loop = asyncio.get_running_loop()
-                holder["running"] = Running(url, admin, target, metrics, loop)
+                holder["running"] = Running(url, admin, target, metrics, upstream, loop)
                 started.set()
                 await stop.wait()
 
@@ -100,8 +101,8 @@ def test_status_page_refreshes_live_in_chromium(running: Running, tmp_path: Path
             expect(api).to_be_visible()
             expect(page.locator('#routes tr[data-route="/"]')).to_be_visible()
             target = api.locator(f'[data-target="{running.target}"]')
-            expect(target).to_have_attribute("data-health", "healthy")
-            expect(target).to_have_text(f"{running.target} healthy")
+            expect(target).to_have_attribute("data-health", "up")
+            expect(target).to_have_text(f"{running.target} up")
             expect(page.locator("#requests")).to_have_text("0")
             expect(page.locator("#no-errors")).to_be_visible()
 
@@ -130,11 +131,19 @@ def test_status_page_refreshes_live_in_chromium(running: Running, tmp_path: Path
             assert page.evaluate("window.__notReloaded") is True
 
             text = page.locator("body").inner_text()
-            for expected in ("Gateway status", "/api", "healthy", "Requests/s",
+            for expected in ("Gateway status", "/api", " up", "Requests/s",
                              "Open WebSocket sessions", "Recent errors"):  # fmt: skip
                 assert expected in text
             shot = tmp_path / "status.png"
             page.screenshot(path=str(shot), full_page=True)
+
+            # The target fails: the page shows it down and the gateway not ready.
+            peer = running.upstream.peers[0]
+            running.loop.call_soon_threadsafe(running.upstream.failed, peer, "connect_error")
+            expect(target).to_have_attribute("data-health", "down", timeout=10000)
+            expect(page.locator("#ready")).to_have_text(
+                "not ready: route /api: no usable target (last error: connect_error)"
+            )
             assert problems == []
         finally:
             browser.close()

@@ -71,9 +71,13 @@ class TargetStatus:
     """A snapshot of one target for metrics and status pages."""
 
     url: str
+    address: str
+    """``host[:port]`` (``localhost`` for a Unix socket)."""
     weight: int
     available: bool
     """Whether a new request could go there now (healthy and not taken out)."""
+    down: bool
+    """Down by its health checks, or failing within ``fail_timeout_s`` (readiness)."""
     healthy: bool | None
     """The active health check's verdict; None without health checks."""
     active: int

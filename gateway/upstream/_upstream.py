@@ -204,16 +204,21 @@ class Upstream:
 
     def succeeded(self, peer: Peer) -> None:
         """The target answered (any status: a 5xx is an answer, not a failure)."""
-        if peer.passive.succeeded() and self._passive:
-            logger.warning("upstream %s: %s is back in rotation", self._label, peer.target.url)
+        if peer.passive.succeeded():
+            logger.warning("upstream %s: %s answers again", self._label, peer.target.url)
             self._health_changed(peer, True)
 
     def failed(self, peer: Peer, kind: FailureKind | str, detail: str = "") -> None:
-        """The attempt on ``peer`` failed with ``kind`` (see ``_retry.failure_kind``)."""
+        """The attempt on ``peer`` failed with ``kind`` (see ``_retry.failure_kind``).
+
+        Failures are counted for a lone target too: it stays in rotation (there is no
+        other), but it counts as down for readiness until ``fail_timeout_s`` has passed
+        or a request succeeds.
+        """
         peer.last_error = kind
-        if not counts_as_failure(kind) or not self._passive:
+        if not counts_as_failure(kind) or not peer.passive.failed(self._clock()):
             return
-        if peer.passive.failed(self._clock()):
+        if self._passive:
             logger.warning(
                 "upstream %s: %s out of rotation for %g s after %d failure(s), last %s: %s",
                 self._label,
@@ -223,7 +228,18 @@ class Upstream:
                 kind,
                 detail,
             )
-            self._health_changed(peer, False)
+        else:
+            logger.warning(
+                "upstream %s: %s is failing (%d failure(s), last %s: %s); as the only"
+                " target it stays in rotation, and counts as down for %g s",
+                self._label,
+                peer.target.url,
+                peer.passive.fails,
+                kind,
+                detail,
+                self.fail_timeout_s,
+            )
+        self._health_changed(peer, False)
 
     def _health_changed(self, peer: Peer, healthy: bool) -> None:
         if self.on_health_change is not None:
@@ -247,18 +263,21 @@ class Upstream:
         return max(1, math.ceil(min(waits)))
 
     def status(self) -> list[TargetStatus]:
-        """The state of every target, for metrics and status pages."""
+        """The state of every target, for metrics, readiness and status pages."""
         now = self._clock()
         result = []
         for peer in self.peers:
-            passive_ok = not self._passive or peer.passive.available(now)
+            failing = not peer.passive.available(now)
+            passive_ok = not self._passive or not failing
             out_for = 0.0 if passive_ok else max(0.0, peer.passive.out_until - now)
             healthy = None if peer.probe is None else peer.probe.healthy
             result.append(
                 TargetStatus(
                     url=peer.target.url,
+                    address=peer.target.authority,
                     weight=peer.target.weight,
                     available=passive_ok and healthy is not False,
+                    down=failing or healthy is False,
                     healthy=healthy,
                     active=peer.active,
                     selected=peer.selected,
@@ -281,6 +300,11 @@ class Upstream:
             self._probe_task = asyncio.create_task(
                 self._probe_forever(self.health), name=f"health checks of {self!r}"
             )
+
+    def stop_health_checks(self) -> None:
+        """Stop the active health checks now (a reload retired this upstream)."""
+        if self._probe_task is not None:
+            self._probe_task.cancel()
 
     async def aclose(self) -> None:
         """Stop the health checks and close the transport's connections."""
