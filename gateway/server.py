@@ -29,6 +29,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gateway.app import close_websockets, create_admin_app, create_app, reload_app
+from gateway.listener import PlainHTTP, TLSListener
 from gateway.protocols import HTTP_PROTOCOL, WebSocketProtocol
 from gateway.proxy.websocket_rules import wire_max_size
 from gateway.settings import ConfigError, Settings, load_settings
@@ -66,6 +67,8 @@ class _Config(uvicorn.Config):
     head_watchdog: Watchdog | None = None
     max_head_bytes: int | None = None
     tls_handshake_timeout_s: float | None = None
+    plain_http: PlainHTTP = "reject"
+    https_port: int = 443
 
     def load(self) -> None:
         super().load()
@@ -77,10 +80,11 @@ class GatewayServer(uvicorn.Server):
     """A uvicorn Server for gateway listeners.
 
     - Signal handling is left to ``_serve`` (it owns several servers).
-    - A TLS handshake must complete within the config's ``tls_handshake_timeout_s``
-      (``timeouts.tls_handshake_s``), else the connection is dropped: uvicorn starts its
-      listeners without ``ssl_handshake_timeout``, which leaves asyncio's and uvloop's
-      fixed 60 s. Applies to listeners passed as ``sockets``, as the CLI does.
+    - TLS listeners passed as ``sockets`` (as the CLI does) are served by
+      ``gateway.listener.TLSListener``: a TLS handshake must complete within the
+      config's ``tls_handshake_timeout_s`` (``timeouts.tls_handshake_s``; uvicorn starts
+      its listeners without one, which leaves asyncio's and uvloop's fixed 60 s), and a
+      plain HTTP request gets a 400 (or a redirect) instead of an empty reply.
     - ``before_shutdown`` runs after the listeners stop accepting and before uvicorn
       closes connections itself (which would close WebSockets with 1012).
     """
@@ -104,29 +108,27 @@ class GatewayServer(uvicorn.Server):
             await super().startup(sockets)
             return
         # uvicorn's startup with no sockets runs the lifespan (and exits if it fails)
-        # and sets up the server state; the listeners are then started here, the same
-        # way plus the handshake timeout.
+        # and sets up the server state; the listeners are then started here.
         await super().startup(sockets=[])
         self.started = False
 
-        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+        def create_protocol() -> asyncio.Protocol:
             return config.http_protocol_class(  # type: ignore[call-arg]
-                config=config,
-                server_state=self.server_state,
-                app_state=self.lifespan.state,
-                _loop=_loop,
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
 
-        loop = asyncio.get_running_loop()
         for sock in sockets:
-            server = await loop.create_server(
+            listener = TLSListener(
+                sock,
                 create_protocol,
-                sock=sock,
-                ssl=config.ssl,
-                backlog=config.backlog,
-                ssl_handshake_timeout=timeout_s,
+                config.ssl,
+                handshake_timeout_s=timeout_s,
+                plain_http=getattr(config, "plain_http", "reject"),
+                # 0: the port this socket was given (tests bind port 0).
+                https_port=getattr(config, "https_port", 0) or sock.getsockname()[1],
             )
-            self.servers.append(server)
+            listener.start()
+            self.servers.append(listener)  # type: ignore[arg-type]
         self.started = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -228,6 +230,8 @@ def uvicorn_config(
     config.head_watchdog = Watchdog(tick_for(settings.timeouts.header_s))
     config.tls_handshake_timeout_s = settings.timeouts.tls_handshake_s
     config.max_head_bytes = max_head_bytes(settings)
+    config.plain_http = settings.listen.plain_http
+    config.https_port = settings.listen.public_port or settings.listen.port
     return config
 
 

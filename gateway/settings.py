@@ -75,6 +75,9 @@ class ListenSettings(_Section):
     redirect_port: int | None = Field(None, ge=0, le=65535)
     # The port clients use for https in redirects, when a load balancer maps ports.
     public_port: int | None = Field(None, ge=1, le=65535)
+    # Plain HTTP sent to the TLS port: "reject" answers 400 with an explanation,
+    # "redirect" a 308 to the https URL (for a gateway without redirect_port).
+    plain_http: Literal["reject", "redirect"] = "reject"
 
     @field_validator("certfile", "keyfile")
     @classmethod

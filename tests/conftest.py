@@ -62,6 +62,7 @@ def gateway_factory(cert_pair: CertificatePair) -> GatewayFactory:
     async def factory(upstream: str, tls: bool = True, **sections: Any) -> AsyncIterator[str]:
         routes = sections.pop("routes", [{"prefix": "/", "upstream": upstream}])
         listen: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "tls": tls}
+        listen.update(sections.pop("listen", {}))
         if tls:
             listen.update(certfile=str(cert_pair.certfile), keyfile=str(cert_pair.keyfile))
         settings = Settings(listen=listen, routes=routes, **sections)

@@ -16,7 +16,7 @@ import pytest
 from gateway.tls import CertificatePair
 from tests.conftest import GatewayFactory
 from tests.robustness.helpers import open_fds, port_of, settle
-from tests.servers import Backend, free_port, gateway_process
+from tests.servers import Backend, free_port, gateway_process, parse_response, raw_exchange
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -30,27 +30,48 @@ async def get_ok(url: str, client_ssl: ssl.SSLContext) -> float:
     return time.perf_counter() - start
 
 
-async def test_plaintext_http_to_tls_port_is_closed_and_server_keeps_serving(
-    gateway: str, backend: Backend, client_ssl: ssl.SSLContext
+async def test_plain_http_to_tls_port_gets_400_and_server_keeps_serving(
+    gateway: str, backend: Backend, client_ssl: ssl.SSLContext, caplog: pytest.LogCaptureFixture
 ) -> None:
     port = port_of(gateway)
     for _ in range(20):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        await writer.drain()
-        async with asyncio.timeout(5):
-            answer = await reader.read(65536)
-            while chunk := await reader.read(65536):
-                answer += chunk
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        # Either nothing (closed) or a TLS alert record (content type 21): never an HTTP
-        # answer in the clear, never a hang.
-        assert answer == b"" or answer[0] == 0x15, answer[:40]
+        answer = await raw_exchange(port, b"GET /echo HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        # nginx: "400 The plain HTTP request was sent to HTTPS port" - not an empty reply.
+        status, headers, body = parse_response(answer)
+        assert status == 400
+        assert ("connection", "close") in headers
+        assert b"plain HTTP request was sent to an HTTPS port; use https://" in body
     assert backend.requests == []
+    # Logged once per client address per minute, not once per request.
+    lines = [r for r in caplog.records if "plain HTTP request on the TLS port" in r.message]
+    assert len(lines) == 1
+    assert "from 127.0.0.1: answered 400" in lines[0].message
     await get_ok(gateway, client_ssl)
     assert len(backend.requests) == 1
+
+
+async def test_plain_http_redirect_mode_and_garbage_before_tls(
+    gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    upstream = f"http://127.0.0.1:{backend.port}"
+    async with gateway_factory(upstream, listen={"plain_http": "redirect"}) as url:
+        await _redirects_plain_http(port_of(url))
+        await get_ok(url, client_ssl)
+
+
+async def _redirects_plain_http(port: int) -> None:
+    moved = await raw_exchange(port, b"GET /a?b=1 HTTP/1.1\r\nHost: localhost:%d\r\n\r\n" % port)
+    status, headers, _ = parse_response(moved)
+    assert status == 308
+    assert ("location", f"https://localhost:{port}/a?b=1") in headers
+    # No usable Host or a scheme-relative target: no redirect anywhere, a 400.
+    for head in (b"GET //evil.example/ HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                 b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n",
+                 b"GET / HTTP/1.0\r\n\r\n"):  # fmt: skip
+        assert parse_response(await raw_exchange(port, head))[0] == 400
+    # Bytes that are neither TLS nor HTTP go to TLS, which refuses them: no answer in clear.
+    answer = await raw_exchange(port, b"\x00\x01garbage\r\n\r\n")
+    assert answer == b"" or answer[0] == 0x15, answer[:40]
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1.* is deprecated:DeprecationWarning")
