@@ -13,18 +13,19 @@ import os
 import signal
 import ssl
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.app import build_gateway
+from gateway.control import read_report, report_path, state_dir, write_atomically
 from gateway.demo import demo_app
+from gateway.logs import configure_logging
 from gateway.middleware.auth import hash_password
 from gateway.nginx.cli import add_arguments as add_nginx_arguments
 from gateway.nginx.cli import settings_from_nginx
 from gateway.server import (
-    bind,
-    bind_listeners,
-    configure_logging,
+    defer_stop_signals,
     gateway_servers,
     plain_server,
     run_servers,
@@ -33,19 +34,12 @@ from gateway.server import (
     uvicorn_config,
 )
 from gateway.settings import ConfigError, Settings, load_settings, to_toml
+from gateway.sockets import announce, bind, bind_listeners
 from gateway.tls import CertificatePair, dev_certificate, write_self_signed
 
 __all__ = ["main"]
 
 logger = logging.getLogger("gateway")
-
-
-def state_dir() -> Path:
-    """Where the gateway keeps generated files (the development certificate)."""
-    if value := os.environ.get("GATEWAY_STATE_DIR"):
-        return Path(value)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "gateway"
 
 
 def resolve_certificate(settings: Settings) -> CertificatePair | None:
@@ -89,71 +83,105 @@ def _load(path: str | None) -> tuple[Settings, str]:
     return settings, where
 
 
+def _load_nginx(args: argparse.Namespace) -> tuple[Settings, str, Callable[[], Settings]]:
+    """Settings translated from ``--nginx FILE``, checked as far as building the app."""
+    where = args.nginx
+    settings = settings_from_nginx(where, strict=args.strict)
+    try:
+        build_gateway(settings)
+    except ConfigError as exc:
+        raise ConfigError([f"{where}: {problem}" for problem in exc.problems]) from None
+    load = functools.partial(settings_from_nginx, where, strict=args.strict, show_notes=False)
+    return settings, where, load
+
+
+def _pid_file(args: argparse.Namespace) -> Path:
+    return Path(args.pid_file) if args.pid_file else state_dir() / "gateway.pid"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate everything, bind, then serve."""
     load: Callable[[], Settings]
     if args.nginx:
         if args.config:
             raise ConfigError(["run: use either -c or --nginx"])
-        load = functools.partial(
-            settings_from_nginx, args.nginx, strict=args.strict, show_notes=False
-        )
-        settings, where = settings_from_nginx(args.nginx, strict=args.strict), args.nginx
-        try:
-            build_gateway(settings)
-        except ConfigError as exc:
-            raise ConfigError([f"{where}: {problem}" for problem in exc.problems]) from None
+        settings, where, load = _load_nginx(args)
     else:
         settings, where = _load(args.config)
         load = functools.partial(load_settings, args.config)
-    configure_logging(settings)
+    configure_logging(settings.log.level)
     pair = resolve_certificate(settings)
     problems = check_certificate(pair, where)
     if problems:
         raise ConfigError(problems)
     listeners = bind_listeners(settings, where)
-    scheme = "https" if pair else "http"
-    listen = settings.listen
-    port = listeners[0].sock.getsockname()[1]
-    logger.info("gateway listening on %s://%s:%d/", scheme, listen.host, port)
-    pid_file = Path(args.pid_file) if args.pid_file else state_dir() / "gateway.pid"
+    defer_stop_signals()
+    announce(listeners, pair is not None, settings)
+    pid_file = _pid_file(args)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{os.getpid()}\n")
+    write_atomically(pid_file, f"{os.getpid()}\n")
+    report = report_path(pid_file)
+    logger.info(
+        "gateway starting: pid %d, %d worker(s), settings from %s", os.getpid(), args.workers, where
+    )
     try:
         if args.workers > 1:
-            return run_workers(settings, pair, listeners, args.workers, load, where)
-        run_worker(settings, pair, listeners, load, where)
+            return run_workers(settings, pair, listeners, args.workers, load, where, report)
+        run_worker(settings, pair, listeners, load, where, report)
     finally:
         pid_file.unlink(missing_ok=True)
+        report.unlink(missing_ok=True)
+        logger.info("gateway stopped")
     return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    """Ask a running gateway (found by its pid file) to reload: SIGHUP."""
-    pid_file = Path(args.pid_file) if args.pid_file else state_dir() / "gateway.pid"
+    """Ask a running gateway (found by its pid file) to reload, and say whether it did."""
+    pid_file = _pid_file(args)
+    report = report_path(pid_file)
     try:
         pid = int(pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError) as exc:
         raise ConfigError([f"reload: no running gateway found via {pid_file}: {exc}"]) from None
-    print(f"sent SIGHUP to gateway process {pid}")
-    return 0
+    asked = time.time_ns()
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as exc:
+        raise ConfigError([f"reload: gateway process {pid} ({pid_file}): {exc.strerror}"]) from None
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        outcome = read_report(report)
+        if outcome is not None and outcome.time_ns >= asked:
+            if not outcome.ok:
+                rejected = f"reload rejected by gateway process {pid}, configuration kept:"
+                raise ConfigError([rejected, *outcome.problems])
+            print(f"gateway process {pid} reloaded its settings")
+            return 0
+        time.sleep(0.05)
+    raise ConfigError(
+        [
+            f"reload: sent SIGHUP to gateway process {pid}, but it reported no outcome within "
+            f"{args.timeout:g} s ({report}); see its log"
+        ]
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Like ``nginx -t``: validate, try the certificate and ports, print the result."""
-    settings, where = _load(args.config)
+    """Like ``nginx -t``: validate everything without binding a socket, print the result.
+
+    Works while the gateway runs (ports are checked by ``gateway run`` when it binds).
+    """
+    if args.nginx:
+        if args.config:
+            raise ConfigError(["check: use either -c or --nginx"])
+        settings, where, _ = _load_nginx(args)
+    else:
+        settings, where = _load(args.config)
     listen = settings.listen
-    problems = []
     if listen.tls and listen.certfile is not None and listen.keyfile is not None:
-        problems += check_certificate(CertificatePair(listen.certfile, listen.keyfile), where)
-    try:
-        for listener in bind_listeners(settings, where):
-            listener.sock.close()
-    except ConfigError as exc:
-        problems += exc.problems
-    if problems:
-        raise ConfigError(problems)
+        problems = check_certificate(CertificatePair(listen.certfile, listen.keyfile), where)
+        if problems:
+            raise ConfigError(problems)
     print(to_toml(settings), end="")
     print(f"# {where}: configuration is valid", file=sys.stderr)
     return 0
@@ -170,37 +198,55 @@ def cmd_cert(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The echo backend on 127.0.0.1 and the gateway in front of it, with default settings."""
+    admin: dict[str, object] = {"port": args.admin_port}
+    if args.no_admin:
+        admin = {"enabled": False}
     settings = Settings(
         listen={"host": args.host, "port": args.port},
         routes=[{"prefix": "/", "upstream": f"http://127.0.0.1:{args.backend_port}"}],
+        admin=admin,
+        # Ctrl-C closes the demo's WebSocket sessions (1001) after 2 s, not 10.
+        timeouts={"shutdown_grace_s": 2},
     )
-    configure_logging(settings)
+    configure_logging(settings.log.level)
     pair = resolve_certificate(settings)
-    backend = bind("127.0.0.1", args.backend_port, "--backend-port", "demo")
+    backend = bind("127.0.0.1", args.backend_port, "--backend-port", "demo", "use --backend-port")
+    # The demo's options, not settings keys, are what its user can change.
+    flags = {
+        "listen.port": ("--port", "use --port"),
+        "admin.port": ("--admin-port", "use --admin-port, or --no-admin"),
+    }
     try:
-        listeners = bind_listeners(settings, "demo")
+        listeners = bind_listeners(settings, "demo", flags)
     except ConfigError:
         backend.close()
         raise
-    servers = [
-        plain_server(uvicorn_config(demo_app(), settings, None), backend),
-        *gateway_servers(settings, pair, listeners),
-    ]
-    host = "localhost" if args.host in ("127.0.0.1", "::1", "localhost") else args.host
     print(
-        f"echo backend on http://127.0.0.1:{args.backend_port}/ (plain HTTP + ws://)\n"
-        f"gateway on https://{host}:{args.port}/ -> open this URL "
+        f"echo backend on http://127.0.0.1:{args.backend_port}/ (plain HTTP + ws://)",
+        flush=True,
+    )
+    announce(listeners, True, settings)
+    host = (
+        "localhost"
+        if args.host in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::")
+        else args.host
+    )
+    print(
+        f"open https://{host}:{listeners[0].sock.getsockname()[1]}/ "
         "(accept the development certificate); Ctrl-C stops both",
         flush=True,
     )
-    run_servers(servers)
+    # The gateway drains first (1001 to browsers), then the backend stops.
+    backend_server = plain_server(uvicorn_config(demo_app(), settings, None), backend)
+    run_servers(gateway_servers(settings, pair, listeners), after=[backend_server])
+    logger.info("gateway stopped")
     return 0
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
     """Only the demo's echo backend (plain HTTP + ws://), e.g. as a container."""
     settings = Settings()
-    configure_logging(settings)
+    configure_logging(settings.log.level)
     sock = bind(args.host, args.port, "--port", "echo")
     print(f"echo backend on http://{args.host}:{args.port}/ (plain HTTP + ws://)", flush=True)
     run_servers([plain_server(uvicorn_config(demo_app(), settings, None), sock)])
@@ -237,18 +283,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     add_nginx_arguments(sub)
 
-    reload = sub.add_parser("reload", help="make a running gateway re-read settings (SIGHUP)")
+    reload = sub.add_parser(
+        "reload",
+        help="make a running gateway re-read its settings (SIGHUP) and report the outcome",
+    )
     reload.add_argument("--pid-file", help="default: $GATEWAY_STATE_DIR/gateway.pid")
+    reload.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the outcome (10)"
+    )
     reload.set_defaults(func=cmd_reload)
 
-    check = sub.add_parser("check", help="validate settings and print the effective configuration")
+    check = sub.add_parser(
+        "check",
+        help="validate settings and print the effective configuration (binds no port)",
+    )
     check.add_argument("-c", "--config", help="settings file (TOML); default: $GATEWAY_CONFIG")
+    check.add_argument("--nginx", metavar="FILE", help="check an nginx configuration instead")
+    check.add_argument(
+        "--strict", action="store_true", help="with --nginx: refuse anything untranslatable"
+    )
     check.set_defaults(func=cmd_check)
 
     demo = sub.add_parser("demo", help="echo backend + gateway in front of it (the seed scenario)")
     demo.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
     demo.add_argument("--port", type=int, default=8443, help="gateway https port (default 8443)")
     demo.add_argument("--backend-port", type=int, default=8080, help="echo backend port (8080)")
+    demo.add_argument(
+        "--admin-port",
+        type=int,
+        default=9901,
+        help="admin listener on 127.0.0.1 (/healthz /readyz /metrics /status; default 9901)",
+    )
+    demo.add_argument("--no-admin", action="store_true", help="no admin listener")
     demo.set_defaults(func=cmd_demo)
 
     echo = sub.add_parser("echo", help="only the demo echo backend (HTTP page + WebSocket echo)")

@@ -4,8 +4,8 @@ The only module that starts servers (``cli`` parses commands and calls it).  One
 process serves every listener in one event loop; ``--workers N`` runs N such processes
 on the same sockets.  Signals: SIGTERM/SIGINT stop gracefully (in-flight requests get
 ``timeouts.shutdown_grace_s``, WebSocket sessions then close with 1001); SIGHUP reloads
-the settings file and the certificate.  The certificate files are also watched: new
-TLS handshakes use a changed certificate within a few seconds.
+the settings file and the certificate (``gateway.reload``), whose files are also
+watched: new TLS handshakes use a changed certificate within a few seconds.
 """
 
 from __future__ import annotations
@@ -19,30 +19,27 @@ import multiprocessing
 import os
 import signal
 import socket
-import ssl
-import sys
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
 import uvicorn
-from starlette.applications import Starlette
 
-from gateway.app import close_websockets, create_admin_app, create_app, reload_app
+from gateway.app import close_websockets, create_admin_app, create_app
+from gateway.control import ReloadReport, write_report
 from gateway.listener import PlainHTTP, TLSListener
+from gateway.logs import configure_logging
 from gateway.protocols import HTTP_PROTOCOL, WebSocketProtocol
 from gateway.proxy.websocket_rules import wire_max_size
-from gateway.settings import ConfigError, Settings, load_settings
+from gateway.reload import Reloader, check_reload
+from gateway.settings import Settings, load_settings
+from gateway.sockets import Listener
 from gateway.tls import CertificatePair, RedirectToHttps, harden
 from gateway.watchdog import Watchdog, tick_for
 
 __all__ = [
     "GatewayServer",
-    "Listener",
-    "Reloader",
-    "bind",
-    "bind_listeners",
-    "configure_logging",
+    "defer_stop_signals",
     "gateway_servers",
     "plain_server",
     "run_servers",
@@ -52,8 +49,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("gateway")
-
-CERT_POLL_S = 2.0
 
 
 class _Config(uvicorn.Config):
@@ -151,52 +146,6 @@ def max_head_bytes(settings: Settings) -> int:
     return 2 * largest + 16 * 1024
 
 
-@dataclass(frozen=True)
-class Listener:
-    """A bound socket and what serves it."""
-
-    sock: socket.socket
-    kind: Literal["gateway", "redirect", "admin"] = "gateway"
-
-
-def bind(host: str, port: int, key: str, where: str) -> socket.socket:
-    """A listening socket on host:port; ConfigError naming ``key`` if that fails."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            [f"{where}: {key}: cannot listen on {host}:{port}: {exc.strerror}"]
-        ) from None
-    sock.set_inheritable(True)
-    return sock
-
-
-def bind_listeners(settings: Settings, where: str) -> list[Listener]:
-    """Bind every configured listener, or raise ConfigError (closing what was bound)."""
-    listen, admin = settings.listen, settings.admin
-    wanted: list[tuple[str, int, str, Literal["gateway", "redirect", "admin"]]] = [
-        (listen.host, listen.port, "listen.port", "gateway")
-    ]
-    if listen.redirect_port is not None:
-        wanted.append((listen.host, listen.redirect_port, "listen.redirect_port", "redirect"))
-    if admin.enabled:
-        wanted.append((admin.host, admin.port, "admin.port", "admin"))
-    listeners: list[Listener] = []
-    try:
-        for host, port, key, kind in wanted:
-            listeners.append(Listener(bind(host, port, key, where), kind))
-    except ConfigError:
-        for listener in listeners:
-            listener.sock.close()
-        raise
-    return listeners
-
-
 def uvicorn_config(
     app: object, settings: Settings, pair: CertificatePair | None, *, access_log: bool = False
 ) -> uvicorn.Config:
@@ -237,91 +186,31 @@ def uvicorn_config(
 
 ServerList = list[tuple[uvicorn.Server, list[socket.socket]]]
 
-# Read by the listeners when they start (``uvicorn_config``), not by the reloaded app.
-_LISTENER_TIMEOUTS = ("header_s", "tls_handshake_s")
+# SIGTERM/SIGINT that arrived while the gateway was starting (see defer_stop_signals).
+_stops_while_starting: list[int] = []
 
 
-@dataclass
-class Reloader:
-    """Re-reads settings (SIGHUP) and certificates (on change) for this process's apps.
+def defer_stop_signals() -> None:
+    """Remember SIGTERM/SIGINT until the event loop handles them, instead of dying of them.
 
-    A new configuration is built completely before it replaces the old one; an invalid
-    file is logged line by line and the running configuration kept.  Requests and
-    WebSocket sessions in flight finish on the configuration they started with.
+    Call it once the listeners are bound: an orchestrator that stops a gateway still
+    starting up then sees a clean stop (exit 0) as soon as it has started.
     """
-
-    load: Callable[[], Settings]
-    where: str
-    settings: Settings
-    pair: CertificatePair | None
-    apps: list[Starlette] = field(default_factory=list)
-    configs: list[uvicorn.Config] = field(default_factory=list)
-    _stamp: tuple[int, int, int, int] | None = None
-
-    async def reload(self) -> bool:
-        """Apply the settings file again; False (and errors logged) if it is invalid."""
-        where = self.where
-        try:
-            settings = self.load()
-            for app in self.apps:
-                await reload_app(app, settings)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                logger.error("reload rejected, configuration kept: %s", problem)
-            return False
-        if settings.listen != self.settings.listen:
-            logger.warning("reload: [listen] changes take effect after a restart")
-        for key in _LISTENER_TIMEOUTS:
-            if getattr(settings.timeouts, key) != getattr(self.settings.timeouts, key):
-                logger.warning("reload: timeouts.%s takes effect after a restart", key)
-        self.settings = settings
-        logger.info("reloaded settings from %s", where)
-        self.reload_certificate()
-        return True
-
-    def _certificate_stamp(self) -> tuple[int, int, int, int] | None:
-        if self.pair is None:
-            return None
-        try:
-            cert, key = self.pair.certfile.stat(), self.pair.keyfile.stat()
-        except OSError:
-            return None
-        return (cert.st_mtime_ns, cert.st_size, key.st_mtime_ns, key.st_size)
-
-    def reload_certificate(self) -> bool:
-        """Load the certificate files into the live TLS contexts if they changed and load."""
-        stamp = self._certificate_stamp()
-        if self.pair is None or stamp is None or stamp == self._stamp:
-            return False
-        contexts = [config.ssl for config in self.configs if config.ssl is not None]
-        try:
-            # A trial context first: a half-written or mismatched pair must not go live.
-            trial = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            trial.load_cert_chain(self.pair.certfile, self.pair.keyfile)
-            for context in contexts:
-                # New handshakes use the new chain; open connections keep theirs.
-                context.load_cert_chain(self.pair.certfile, self.pair.keyfile)
-        except (ssl.SSLError, OSError) as exc:
-            logger.warning("certificate not reloaded (will retry): %s", exc)
-            return False
-        first = self._stamp is None
-        self._stamp = stamp
-        if not first:
-            logger.info("certificate reloaded from %s", self.pair.certfile)
-        return True
-
-    async def watch_certificates(self, interval_s: float = CERT_POLL_S) -> None:
-        """Poll the certificate files and reload them when they change."""
-        self._stamp = self._certificate_stamp()
-        while True:
-            await asyncio.sleep(interval_s)
-            self.reload_certificate()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda sig, frame: _stops_while_starting.append(sig))
 
 
-async def _serve(servers: ServerList, reloader: Reloader | None = None) -> None:
-    """Serve all ``servers`` until SIGINT/SIGTERM, or until any of them stops."""
+async def _serve(
+    servers: ServerList, reloader: Reloader | None = None, after: ServerList | None = None
+) -> None:
+    """Serve all ``servers`` until SIGINT/SIGTERM, or until any of them stops.
+
+    ``after`` are served too, but stopped only once ``servers`` have stopped (the demo's
+    backend outlives the gateway's drain, so that clients see the gateway's 1001).
+    """
     loop = asyncio.get_running_loop()
     background: set[asyncio.Task[Any]] = set()
+    later = after or []
 
     def stop() -> None:
         for server, _ in servers:
@@ -338,12 +227,19 @@ async def _serve(servers: ServerList, reloader: Reloader | None = None) -> None:
         loop.add_signal_handler(sig, handler)
     if reloader is not None and reloader.pair is not None:
         background.add(asyncio.create_task(reloader.watch_certificates()))
+    if _stops_while_starting:
+        stop()
     tasks = [asyncio.create_task(server.serve(sockets=socks)) for server, socks in servers]
+    later_tasks = [asyncio.create_task(server.serve(sockets=socks)) for server, socks in later]
+    background.add(asyncio.create_task(_say_ready([*servers, *later], [*tasks, *later_tasks])))
     try:
         # If one listener fails, stop the others rather than serve half a gateway.
-        for finished in asyncio.as_completed(tasks):
+        for finished in asyncio.as_completed([*tasks, *later_tasks]):
             await finished
             stop()
+            if all(task.done() for task in tasks):
+                for server, _ in later:
+                    server.should_exit = True
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
@@ -352,16 +248,29 @@ async def _serve(servers: ServerList, reloader: Reloader | None = None) -> None:
         await asyncio.gather(*background, return_exceptions=True)
 
 
+async def _say_ready(servers: ServerList, tasks: list[asyncio.Task[None]]) -> None:
+    """Log once when every server has started (its lifespan ran, its listener accepts)."""
+    while not all(server.started for server, _ in servers):
+        if any(task.done() for task in tasks):
+            return
+        await asyncio.sleep(0.01)
+    logger.info("gateway ready (pid %d)", os.getpid())
+
+
 def run_worker(
     settings: Settings,
     pair: CertificatePair | None,
     listeners: list[Listener],
     load: Callable[[], Settings] | None = None,
     where: str = "settings",
+    report: Path | None = None,
 ) -> None:
-    """Serve ``listeners`` in this process until SIGTERM/SIGINT; SIGHUP calls ``load`` again."""
-    configure_logging(settings)
-    reloader = Reloader(load or functools.partial(load_settings, None), where, settings, pair)
+    """Serve ``listeners`` in this process until SIGTERM/SIGINT; SIGHUP calls ``load`` again
+    (and writes the outcome to ``report``)."""
+    configure_logging(settings.log.level)
+    reloader = Reloader(
+        load or functools.partial(load_settings, None), where, settings, pair, report=report
+    )
     run_servers(gateway_servers(settings, pair, listeners, reloader), reloader)
 
 
@@ -402,8 +311,11 @@ def plain_server(
     return GatewayServer(config), [sock]
 
 
-def run_servers(servers: ServerList, reloader: Reloader | None = None) -> None:
-    """Run ``servers`` in one event loop (uvloop when installed) until a signal stops them."""
+def run_servers(
+    servers: ServerList, reloader: Reloader | None = None, after: ServerList | None = None
+) -> None:
+    """Run ``servers`` (then ``after``) in one event loop (uvloop when installed) until a
+    signal stops them."""
     # Everything built so far (settings, apps, imported modules) lives as long as the
     # process: keep it out of the garbage collector's scans, whose full passes over it
     # otherwise show up as tens of milliseconds of tail latency under load.
@@ -413,7 +325,7 @@ def run_servers(servers: ServerList, reloader: Reloader | None = None) -> None:
         contextlib.suppress(KeyboardInterrupt),
         asyncio.Runner(loop_factory=_loop_factory()) as runner,
     ):
-        runner.run(_serve(servers, reloader))
+        runner.run(_serve(servers, reloader, after))
 
 
 def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
@@ -424,15 +336,6 @@ def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
     return uvloop.Loop
 
 
-def configure_logging(settings: Settings) -> None:
-    """One plain log format for the gateway's and uvicorn's loggers."""
-    logging.basicConfig(
-        level=settings.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def run_workers(
     settings: Settings,
     pair: CertificatePair | None,
@@ -440,8 +343,13 @@ def run_workers(
     workers: int,
     load: Callable[[], Settings] | None = None,
     where: str = "settings",
+    report: Path | None = None,
 ) -> int:
-    """Run ``workers`` processes sharing the listening sockets; forward signals to them."""
+    """Run ``workers`` processes sharing the listening sockets; forward signals to them.
+
+    SIGHUP is checked here first (and the outcome written to ``report``): a configuration
+    that would not load is not sent to the workers.
+    """
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(
@@ -458,12 +366,22 @@ def run_workers(
     def forward(sig: int, frame: object) -> None:
         if sig in stop_signals:
             stopping.append(sig)
+        elif load is not None:
+            problems = check_reload(load, where)
+            for problem in problems:
+                logger.error("reload rejected, configuration kept: %s", problem)
+            if report is not None:
+                write_report(report, ReloadReport(os.getpid(), not problems, problems))
+            if problems:
+                return
         for process in processes:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, sig)
 
     for sig in (*stop_signals, signal.SIGHUP):
         signal.signal(sig, forward)
+    for early in _stops_while_starting:
+        forward(early, None)
     for process in processes:
         process.join()
     # A worker still starting up when asked to stop dies of that signal: that is a clean stop.

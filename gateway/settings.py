@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from gateway.routing import normalise_host_pattern
+from gateway.settings_sources import env_variable_for, field_names_at, line_of, suggestion
 from gateway.upstream import Target
 
 __all__ = [
@@ -479,24 +480,31 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """
     source = Path(path) if path is not None else default_settings_path()
     data: dict[str, Any] = {}
-    where = "environment" if source is None else str(source)
+    text = ""
     if source is not None:
-        data = _read_toml(source)
+        text = _read_text(source)
+        data = _parse_toml(source, text)
         _resolve_paths(data, source.parent)
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_describe(where, exc)) from None
+        raise ConfigError(_describe(source, text, exc)) from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_text(path: Path) -> str:
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([f"{path}: file not found"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text: {exc.reason}"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+
+
+def _parse_toml(path: Path, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
 
@@ -518,14 +526,26 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         resolve(route, "root")
 
 
-def _describe(where: str, exc: ValidationError) -> list[str]:
+def _describe(source: Path | None, text: str, exc: ValidationError) -> list[str]:
+    """One line per problem, naming where the value came from: the environment variable
+    that set it, else the file and line (or the file alone where the line is unknown)."""
     problems = []
     for error in exc.errors(include_url=False):
-        key = ".".join(str(part) for part in error["loc"])
+        location = error["loc"]
+        key = ".".join(str(part) for part in location)
         if error["type"] == "extra_forbidden":
-            message = "unknown key"
+            known = field_names_at(Settings, location)
+            message = "unknown key" + suggestion(str(location[-1]), known)
         else:
             message = error["msg"].removeprefix("Value error, ")
+        variable = env_variable_for(location, os.environ) if location else None
+        if variable is not None:
+            where = variable
+        elif source is not None:
+            line = line_of(text, location) if location else None
+            where = f"{source}:{line}" if line else str(source)
+        else:
+            where = "environment"
         # Checks across sections name their keys in the message themselves.
         problems.append(f"{where}: {key}: {message}" if key else f"{where}: {message}")
     return problems

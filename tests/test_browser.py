@@ -50,11 +50,11 @@ def demo(tmp_path: Path) -> Iterator[int]:
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
-        while b"Application startup complete" not in log.read_bytes():
+        while b"gateway ready" not in log.read_bytes():
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
-        assert f"gateway on https://localhost:{port}/" in log.read_text()
+        assert f"open https://localhost:{port}/" in log.read_text()
         yield port
     finally:
         process.send_signal(signal.SIGTERM)

@@ -16,7 +16,7 @@ import trustme
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from gateway.server import Reloader
+from gateway.reload import Reloader
 from gateway.settings import Settings
 from gateway.tls import CertificatePair
 from tests.servers import Backend, free_port, gateway_process, plain_config, run_server

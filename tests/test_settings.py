@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def problems(path: Path) -> list[str]:
+def problems(path: Path, *, lines: bool = False) -> list[str]:
+    """The problems loading ``path``; without ``lines``, ``FILE:LINE:`` reads ``FILE:``."""
     with pytest.raises(ConfigError) as info:
         load_settings(path)
-    return info.value.problems
+    if lines:
+        return info.value.problems
+    return [re.sub(rf"^{re.escape(str(path))}:\d+:", f"{path}:", p) for p in info.value.problems]
 
 
 def test_shipped_files_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,11 +37,11 @@ def test_shipped_files_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     load_settings(ROOT / "settings" / "examples" / "plain-http.toml")
 
 
-def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+def test_unknown_key_names_file_line_and_key(tmp_path: Path) -> None:
     path = write(tmp_path, '[listen]\nprot = 1\n[[routes]]\nupstream = "http://a"\nfoo = 1\n')
-    assert problems(path) == [
-        f"{path}: listen.prot: unknown key",
-        f"{path}: routes.0.foo: unknown key",
+    assert problems(path, lines=True) == [
+        f"{path}:2: listen.prot: unknown key (did you mean 'port'?)",
+        f"{path}:5: routes.0.foo: unknown key",
     ]
 
 
@@ -156,3 +160,69 @@ def test_reject_dot_segments_must_be_a_boolean(tmp_path: Path) -> None:
     path = write(tmp_path, '[limits]\nreject_dot_segments = "maybe"\n')
     [problem] = problems(path)
     assert problem.startswith(f"{path}: limits.reject_dot_segments: ")
+
+
+TOML_TEXT = """\
+# a comment
+[listen]
+port = 8443
+"tls" = true
+
+[[routes]]
+prefix = "/"
+upstream = "http://a"
+
+[[routes]]
+prefix = "/b"
+headers = { security = false }
+[routes.limits]
+max_body_bytes = 1
+
+[upstreams.app]
+targets = [{ url = "http://x" }]
+timeouts.read_s = 3
+"""
+
+
+@pytest.mark.parametrize(
+    ("location", "line"),
+    [
+        (("listen", "port"), 3),
+        (("listen", "tls"), 4),
+        (("listen", "nope"), 2),  # not in the file: the table that would hold it
+        (("routes", 0, "upstream"), 8),
+        (("routes", 1, "prefix"), 11),
+        (("routes", 1, "headers", "security"), 12),  # inside an inline table
+        (("routes", 1, "limits", "max_body_bytes"), 14),
+        (("upstreams", "app", "targets", 0, "url"), 17),
+        (("timeouts", "read_s"), 18),  # a dotted key (under [upstreams.app] in TOML terms)
+        (("admin", "port"), None),
+    ],
+)
+def test_line_of(location: tuple[str | int, ...], line: int | None) -> None:
+    from gateway.settings_sources import line_of
+
+    # ("timeouts", "read_s") sits in [upstreams.app]; the scanner does not find it there.
+    expected = None if location == ("timeouts", "read_s") else line
+    assert line_of(TOML_TEXT, location) == expected
+
+
+def test_env_variable_for() -> None:
+    from gateway.settings_sources import env_variable_for
+
+    environ = {"GATEWAY_ROUTES": "[]", "gateway_listen__port": "1", "OTHER": "x"}
+    assert env_variable_for(("routes", 0, "upstream"), environ) == "GATEWAY_ROUTES"
+    assert env_variable_for(("listen", "port"), environ) == "gateway_listen__port"
+    assert env_variable_for(("listen", "host"), environ) is None
+    assert env_variable_for(("timeouts", "read_s"), environ) is None
+
+
+def test_field_names_and_suggestions() -> None:
+    from gateway.settings_sources import field_names_at, suggestion
+
+    assert "port" in field_names_at(Settings, ("listen", "portt"))
+    assert "max_body_bytes" in field_names_at(Settings, ("routes", 0, "limits", "x"))
+    assert "interval_s" in field_names_at(Settings, ("upstreams", "app", "health", "x"))
+    assert field_names_at(Settings, ("listen", "port", "deeper")) == []
+    assert suggestion("portt", ["port", "host"]) == " (did you mean 'port'?)"
+    assert suggestion("zzz", ["port", "host"]) == ""

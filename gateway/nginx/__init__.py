@@ -24,13 +24,22 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from gateway.nginx.lexer import NginxConfigError, NginxSyntaxError
-from gateway.nginx.notes import APPROXIMATED, INFO, KINDS, NOT_NEEDED, UNSUPPORTED, Note
+from gateway.nginx.notes import (
+    APPROXIMATED,
+    DIFFERS,
+    INFO,
+    KINDS,
+    NOT_NEEDED,
+    UNSUPPORTED,
+    Note,
+)
 from gateway.nginx.parser import Directive, parse_file, parse_text
 from gateway.nginx.render import toml_document
 from gateway.nginx.translate import translate
 
 __all__ = [
     "APPROXIMATED",
+    "DIFFERS",
     "INFO",
     "KINDS",
     "NOT_NEEDED",

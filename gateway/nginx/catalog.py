@@ -52,7 +52,8 @@ GENERIC: dict[str, tuple[str, str]] = {
     "timer_resolution": (NOT_NEEDED, _WORKERS),
     "env": (NOT_NEEDED, "the gateway reads its own GATEWAY_* environment"),
     "lock_file": (NOT_NEEDED, _WORKERS),
-    "include": (NOT_NEEDED, "included files are read in place"),
+    # Included files are read in place; an include left in the tree is a missing mime.types.
+    "include": (NOT_NEEDED, "file not found; not needed: the gateway has its own media types"),
     # I/O and hash sizes
     "sendfile": (NOT_NEEDED, _IO),
     "sendfile_max_chunk": (NOT_NEEDED, _IO),

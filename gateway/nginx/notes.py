@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["APPROXIMATED", "INFO", "KINDS", "NOT_NEEDED", "UNSUPPORTED", "Note"]
+__all__ = ["APPROXIMATED", "DIFFERS", "INFO", "KINDS", "NOT_NEEDED", "UNSUPPORTED", "Note"]
 
 # nginx does something here that the translated settings do not: --strict fails on these.
 UNSUPPORTED = "unsupported"
@@ -14,7 +14,10 @@ APPROXIMATED = "approximated"
 NOT_NEEDED = "not needed"
 # How something was translated, where that is not obvious.
 INFO = "info"
-KINDS = (UNSUPPORTED, APPROXIMATED, NOT_NEEDED, INFO)
+# Not in the nginx configuration: a default of the gateway that nginx would not have had
+# (a check it adds, a limit, a header); the reason names the setting that changes it.
+DIFFERS = "differs"
+KINDS = (UNSUPPORTED, APPROXIMATED, NOT_NEEDED, INFO, DIFFERS)
 
 
 @dataclass(frozen=True, slots=True)

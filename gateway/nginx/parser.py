@@ -227,6 +227,10 @@ class _Parser:
         pattern = directive.args[0]
         paths = self._resolve(pattern, Path(directive.file).parent)
         if not paths and not glob.has_magic(pattern):
+            if Path(pattern).name == "mime.types":
+                # Only media types for files nginx serves itself: often not copied along
+                # with nginx.conf, and never needed (the translator notes it).
+                return [directive]
             raise NginxConfigError(
                 f"include {pattern}: no such file", directive.file, directive.line, directive.column
             )

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.nginx.notes import APPROXIMATED, INFO, NOT_NEEDED, UNSUPPORTED, Note
+from gateway.nginx.notes import APPROXIMATED, DIFFERS, INFO, NOT_NEEDED, UNSUPPORTED, Note
 
 __all__ = ["toml_document", "toml_value"]
 
@@ -15,6 +15,7 @@ _KIND_TITLES = {
     UNSUPPORTED: "Not translated (nginx does this, the gateway will not)",
     APPROXIMATED: "Translated with a difference",
     INFO: "How it was translated",
+    DIFFERS: "The gateway's defaults that nginx did not have (change them here if unwanted)",
     NOT_NEEDED: "Not needed in the gateway",
 }
 
@@ -27,7 +28,7 @@ def toml_document(
         f"# Translated from the nginx configuration {source} by `gateway import-nginx`.",
         "# Check it with `gateway check -c THIS_FILE`.",
     ]
-    for kind in (UNSUPPORTED, APPROXIMATED, INFO, NOT_NEEDED):
+    for kind in (UNSUPPORTED, APPROXIMATED, DIFFERS, INFO, NOT_NEEDED):
         selected = [note for note in notes if note.kind == kind]
         if not selected:
             continue

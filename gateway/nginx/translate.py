@@ -29,7 +29,7 @@ from typing import Any
 from gateway.nginx.catalog import HANDLED, generic_note
 from gateway.nginx.context import Recorder, Scope
 from gateway.nginx.listen import listen_section
-from gateway.nginx.notes import APPROXIMATED, INFO, NOT_NEEDED, UNSUPPORTED, Note
+from gateway.nginx.notes import APPROXIMATED, DIFFERS, INFO, NOT_NEEDED, UNSUPPORTED, Note
 from gateway.nginx.parser import RAW_BLOCKS, Directive
 from gateway.nginx.routes import RouteDraft, RouteMaker
 from gateway.nginx.sections import read_zones
@@ -118,6 +118,8 @@ class _Translator:
                 recorder.note(where, UNSUPPORTED, "no server the gateway can serve")
         else:
             sources = self._serve(http, listener, settings)
+            if "routes" in settings:
+                self._differences(listener.default.directive, settings)
         if any(d.name == "access_log" and d.args[:1] != ("off",) for d in _all(top)):
             self.log["access_log"] = True
         if self.log:
@@ -296,6 +298,57 @@ class _Translator:
             f" (log.level = {LOG_LEVELS[level]!r})" if level in LOG_LEVELS else ""
         )
         self.recorder.note(directive, APPROXIMATED, reason)
+
+    # -- what the gateway adds or drops by default -------------------------------------
+
+    def _differences(self, server: Directive, settings: dict[str, Any]) -> None:
+        """Note each default of the gateway that this nginx configuration did not have."""
+
+        def configured(section: str, key: str) -> bool:
+            sections = [settings.get(section), *(r.get(section) for r in settings["routes"])]
+            return any(isinstance(s, dict) and key in s for s in sections)
+
+        def note(reason: str) -> None:
+            self.recorder.note(server, DIFFERS, reason)
+
+        tls = settings.get("listen", {}).get("tls", True)
+        proxied = any("upstream" in route for route in settings["routes"])
+        if proxied:
+            note(
+                "WebSocket handshakes with an Origin of another site get 403 "
+                '(origin.allow = ["same-origin"]; ["*"] accepts any, as nginx did)'
+            )
+            note(
+                "WebSocket messages over 1 MiB close the session with 1009, and both legs are "
+                "pinged every 20 s (websocket.max_message_bytes, websocket.ping_interval_s)"
+            )
+            note(
+                "X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and X-Real-IP are sent "
+                "to the backend even where proxy_set_header did not (forwarding.x_forwarded)"
+            )
+        preset = "X-Frame-Options SAMEORIGIN, X-Content-Type-Options nosniff, Referrer-Policy"
+        if tls:
+            preset = "Strict-Transport-Security (max-age one year), " + preset
+        note(f"responses get {preset} (headers.security = false leaves them out)")
+        note("X-Request-ID is sent to the backend and the client (request_id.enabled = false)")
+        note(
+            "a path with a . or .. segment gets 400; nginx resolves them "
+            "(limits.reject_dot_segments = false forwards them as they are)"
+        )
+        if not configured("limits", "max_body_bytes"):
+            note(
+                "request bodies up to 1 GiB pass, not nginx's implicit client_max_body_size "
+                "1m (limits.max_body_bytes)"
+            )
+        if proxied and not configured("timeouts", "websocket_idle_s"):
+            note(
+                "idle WebSocket sessions stay open for 86400 s, where nginx's implicit "
+                "proxy_read_timeout 60s closes them (timeouts.websocket_idle_s)"
+            )
+        note(
+            "an admin listener on 127.0.0.1:9901 serves /healthz, /readyz, /metrics and "
+            "/status (admin.port, admin.enabled = false)"
+        )
 
     # -- nothing dropped silently ------------------------------------------------------
 
