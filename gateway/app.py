@@ -48,12 +48,20 @@ def _timeout(timeouts: TimeoutSettings) -> httpx.Timeout:
 
 def _forwarding(settings: Settings, route: RouteSettings) -> ForwardingOptions:
     f = settings.forwarding
+    # Headers the gateway sets itself: a client's Connection header must not remove them.
+    headers = route.headers or settings.headers
+    protected = {
+        name.lower().encode("latin-1") for name in [*headers.request_set, *headers.request_add]
+    }
+    if settings.request_id.enabled:
+        protected.add(settings.request_id.header.lower().encode("latin-1"))
     return ForwardingOptions(
         trusted_proxies=tuple(f.trusted_proxies),
         x_forwarded=f.x_forwarded,
         forwarded=f.forwarded,
         via=f.via,
         host=route.host_header,
+        protected=frozenset(protected),
     )
 
 

@@ -35,7 +35,13 @@ from gateway.server import (
 )
 from gateway.settings import ConfigError, Settings, load_settings, to_toml
 from gateway.sockets import announce, bind, bind_listeners
-from gateway.tls import CertificatePair, dev_certificate, write_self_signed
+from gateway.tls import (
+    CertificatePair,
+    describe_profile,
+    dev_certificate,
+    openssl_groups_config,
+    write_self_signed,
+)
 
 __all__ = ["main"]
 
@@ -117,6 +123,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     listeners = bind_listeners(settings, where)
     defer_stop_signals()
     announce(listeners, pair is not None, settings)
+    if pair is not None:
+        log_tls_profile(settings)
     pid_file = _pid_file(args)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(pid_file, f"{os.getpid()}\n")
@@ -183,6 +191,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if problems:
             raise ConfigError(problems)
     print(to_toml(settings), end="")
+    if listen.tls:
+        print(f"# TLS profile {describe_profile(settings.tls.profile)}", file=sys.stderr)
     print(f"# {where}: configuration is valid", file=sys.stderr)
     return 0
 
@@ -226,6 +236,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     announce(listeners, True, settings)
+    log_tls_profile(settings)
     host = (
         "localhost"
         if args.host in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::")
@@ -340,9 +351,53 @@ def _positive(value: str) -> int:
     return number
 
 
+# The commands that serve TLS, and so restart once with the OpenSSL groups configuration.
+_SERVING = ("run", "demo")
+_GROUPS_MARK = "GATEWAY_OPENSSL_GROUPS"
+
+
+def log_tls_profile(settings: Settings) -> None:
+    """Say which TLS profile is served, and where the key exchange groups come from."""
+    conf = os.environ.get("OPENSSL_CONF")
+    if conf and not os.environ.get(_GROUPS_MARK):
+        source = f"groups as OPENSSL_CONF={conf} sets them"
+    elif conf:
+        source = f"groups set through {conf}"
+    else:
+        source = "groups left at OpenSSL's defaults (run through the gateway command for them)"
+    logger.info("TLS profile %s; %s", describe_profile(settings.tls.profile), source)
+
+
+def apply_tls_groups(argv: Sequence[str]) -> None:
+    """Restart this process (same pid) with ``OPENSSL_CONF`` naming a file that limits TLS
+    to Mozilla's key exchange groups, which OpenSSL reads only when a process starts.
+
+    Nothing happens if ``OPENSSL_CONF`` is already set (by the user, or by this restart),
+    or if the file cannot be written (then OpenSSL's default groups apply, and a warning
+    says so).
+    """
+    if os.environ.get("OPENSSL_CONF") or os.environ.get(_GROUPS_MARK):
+        return
+    path = state_dir() / "openssl-tls-groups.cnf"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, openssl_groups_config())
+    except OSError as exc:
+        logger.warning("TLS groups left at OpenSSL's defaults: cannot write %s: %s", path, exc)
+        return
+    environment = {**os.environ, "OPENSSL_CONF": str(path), _GROUPS_MARK: "1"}
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The same interpreter and arguments; the pid stays (pid file, PID 1 in a container).
+    os.execve(sys.executable, [sys.executable, "-m", "gateway", *argv], environment)  # noqa: S606
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` command."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(arguments)
+    if argv is None and args.command in _SERVING:
+        apply_tls_groups(arguments)
     try:
         result: int = args.func(args)
     except ConfigError as exc:

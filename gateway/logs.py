@@ -34,6 +34,9 @@ class UvicornNoise(logging.Filter):
             "Waiting for application shutdown.",
             "Application shutdown complete.",
             "Shutting down",
+            # Answered and logged (with the client's address, rate limited) by
+            # gateway.refusals instead.
+            "Invalid HTTP request received.",
         }
     )
 

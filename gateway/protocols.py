@@ -17,10 +17,12 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
+from gateway.refusals import refused
+from gateway.request_rules import Refusal, check_head
 from gateway.watchdog import Watchdog
 
 __all__ = ["HTTP_PROTOCOL", "WebSocketProtocol"]
@@ -73,10 +75,69 @@ _HEAD_TOO_LARGE_RESPONSE = (
 )
 
 
+_MALFORMED = Refusal(400, "malformed", "400 Bad Request: malformed request\n")
+
+
+class _RefusedHead(Exception):
+    """Raised in a parser callback to stop parsing a head that ``check_head`` refused."""
+
+
 if HttpToolsProtocol is not None:
 
+    class _Http10Cycle(RequestResponseCycle):
+        """uvicorn's request cycle for HTTP/1.0 clients, which have no chunked encoding
+        (RFC 9112 section 6.1): a response without Content-Length is close-delimited -
+        its body is sent as it is and the connection closed after it - where uvicorn
+        would frame it with ``Transfer-Encoding: chunked``."""
+
+        _close_delimited = False
+
+        async def send(self, message: Any) -> None:
+            if message["type"] == "http.response.start" and not self.response_started:
+                framed = any(
+                    name.lower() in (b"content-length", b"transfer-encoding")
+                    for name, _ in message.get("headers", ())
+                )
+                if (
+                    not framed
+                    and self.scope["method"] != "HEAD"
+                    and message["status"] not in (204, 304)
+                ):
+                    self._close_delimited = True
+                    self.keep_alive = False  # uvicorn adds "connection: close"
+                    self.chunked_encoding = False  # and no Transfer-Encoding
+            elif (
+                self._close_delimited
+                and message["type"] == "http.response.body"
+                and not self.response_complete
+            ):
+                await self._send_close_delimited(message)
+                return
+            await super().send(message)
+
+        async def _send_close_delimited(self, message: Any) -> None:
+            if self.flow.write_paused and not self.disconnected:
+                await self.flow.drain()
+            if self.disconnected:
+                return
+            self.transport.write(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.response_complete = True
+                self.message_event.set()
+                self.transport.close()
+                self.on_response()
+
     class HTTPProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol with two defences it lacks (slowloris, huge heads).
+        """uvicorn's httptools protocol with the defences an edge needs.
+
+        - Strict request heads (``gateway.request_rules.check_head``): a missing,
+          repeated or invalid Host, a request line without an HTTP/1.x version, HTTP/1.0
+          with Transfer-Encoding... get 400/505 before any app runs.
+        - Trailers of a chunked request are dropped (and counted): uvicorn appends them
+          to the request's headers when they arrive in the same read as the head.
+        - HTTP/1.0 responses without Content-Length are close-delimited, not chunked.
+        - Malformed requests are answered and logged (once a minute per client) by
+          ``gateway.refusals``, with the client's address.
 
         - uvicorn arms no timer on a new connection nor while a request head arrives
           (its keep-alive timer is cancelled by the first byte), so a client that opens
@@ -98,6 +159,8 @@ if HttpToolsProtocol is not None:
             self._head_since: float | None = None
             self._head_bytes = 0
             self._awaiting_head = True
+            self._in_body = False
+            self._refusal: Refusal | None = None
 
         def _watch_head(self) -> None:
             if self._head_since is None and self._watchdog is not None:
@@ -154,11 +217,43 @@ if HttpToolsProtocol is not None:
             self._awaiting_head = True
             self._watch_head()
 
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if self._in_body:  # a trailer: never one of the request's headers
+                client = self.client[0] if self.client else None
+                refused("request_trailer", client, "request trailer from %s dropped", client)
+                return
+            super().on_header(name, value)
+
         def on_headers_complete(self) -> None:
             self._awaiting_head = False
             self._head_bytes = 0
             self._unwatch_head()
+            refusal = check_head(self.parser.get_http_version(), self.headers)
+            if refusal is not None:
+                self._refusal = refusal
+                raise _RefusedHead  # httptools stops; uvicorn calls send_400_response
             super().on_headers_complete()
+            self._in_body = True
+            if self.scope.get("http_version") == "1.0" and self.cycle is not None:
+                self.cycle.__class__ = _Http10Cycle
+
+        def on_message_complete(self) -> None:
+            self._in_body = False
+            super().on_message_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's answer to anything httptools refused, or to a head we refused.
+            refusal, self._refusal = self._refusal or _MALFORMED, None
+            client = self.client[0] if self.client else None
+            refused(refusal.reason, client, "from %s: %s", client, refusal.message.strip())
+            body = refusal.message.encode()
+            phrase = {400: b"Bad Request", 505: b"HTTP Version Not Supported"}[refusal.status]
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                % (refusal.status, phrase, len(body), body)
+            )
+            self.transport.close()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -34,7 +34,7 @@ from gateway.proxy.websocket_rules import wire_max_size
 from gateway.reload import Reloader, check_reload
 from gateway.settings import Settings, load_settings
 from gateway.sockets import Listener
-from gateway.tls import CertificatePair, RedirectToHttps, harden
+from gateway.tls import CertificatePair, RedirectToHttps, TLSProfile, harden
 from gateway.watchdog import Watchdog, tick_for
 
 __all__ = [
@@ -52,7 +52,7 @@ logger = logging.getLogger("gateway")
 
 
 class _Config(uvicorn.Config):
-    """uvicorn's Config with the TLS context hardened (TLS 1.2+, ALPN http/1.1).
+    """uvicorn's Config with the TLS context hardened (a Mozilla profile, ALPN http/1.1).
 
     ``header_timeout_s``, ``head_watchdog`` and ``max_head_bytes`` are read by
     ``gateway.protocols.HTTPProtocol``, ``tls_handshake_timeout_s`` by ``GatewayServer``.
@@ -64,11 +64,12 @@ class _Config(uvicorn.Config):
     tls_handshake_timeout_s: float | None = None
     plain_http: PlainHTTP = "reject"
     https_port: int = 443
+    tls_profile: TLSProfile = "intermediate"
 
     def load(self) -> None:
         super().load()
         if self.ssl is not None:
-            harden(self.ssl)
+            harden(self.ssl, self.tls_profile)
 
 
 class GatewayServer(uvicorn.Server):
@@ -180,6 +181,7 @@ def uvicorn_config(
     config.tls_handshake_timeout_s = settings.timeouts.tls_handshake_s
     config.max_head_bytes = max_head_bytes(settings)
     config.plain_http = settings.listen.plain_http
+    config.tls_profile = settings.tls.profile
     config.https_port = settings.listen.public_port or settings.listen.port
     return config
 

@@ -39,6 +39,7 @@ __all__ = [
     "ListenSettings",
     "RouteSettings",
     "Settings",
+    "TLSSettings",
     "TimeoutSettings",
     "WebSocketSettings",
     "default_settings_path",
@@ -116,6 +117,14 @@ def check_upstream_url(url: str) -> None:
         _ = parts.port
     except ValueError as exc:
         raise ValueError(f"upstream {url!r}: {exc}") from None
+
+
+class TLSSettings(_Section):
+    """TLS towards clients (the certificate is in [listen])."""
+
+    # Mozilla's server side TLS guideline: "intermediate" (TLS 1.2 with ECDHE and AEAD
+    # ciphers, and TLS 1.3) or "modern" (TLS 1.3 only).
+    profile: Literal["intermediate", "modern"] = "intermediate"
 
 
 class TimeoutSettings(_Section):
@@ -412,6 +421,7 @@ class Settings(BaseSettings):
     )
 
     listen: ListenSettings = ListenSettings()
+    tls: TLSSettings = TLSSettings()
     routes: list[RouteSettings] = Field(
         default_factory=lambda: [RouteSettings(prefix="/", upstream="http://127.0.0.1:8080")]
     )

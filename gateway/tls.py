@@ -1,4 +1,5 @@
-"""TLS: server SSL context (TLS 1.2+), development certificates, HTTP->HTTPS redirect app."""
+"""TLS: server SSL context (Mozilla's intermediate or modern profile), development
+certificates, the HTTP->HTTPS redirect app."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,11 +19,16 @@ from starlette.types import Receive, Scope, Send
 
 __all__ = [
     "DEV_CERT_NAMES",
+    "INTERMEDIATE_CIPHERS",
+    "TLS_GROUPS",
     "CertificatePair",
     "RedirectToHttps",
+    "TLSProfile",
+    "describe_profile",
     "dev_certificate",
     "harden",
     "https_url",
+    "openssl_groups_config",
     "server_context",
     "write_self_signed",
 ]
@@ -38,19 +45,70 @@ class CertificatePair:
     keyfile: Path
 
 
-def harden(context: ssl.SSLContext) -> ssl.SSLContext:
-    """Refuse anything older than TLS 1.2 and offer http/1.1 over ALPN."""
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.options |= ssl.OP_NO_COMPRESSION
+TLSProfile = Literal["intermediate", "modern"]
+
+# Mozilla's server side TLS guideline (v5.7), without the DHE suites: TLS 1.2 with
+# ECDHE key exchange and AEAD ciphers only. TLS 1.3 suites are OpenSSL's, all AEAD.
+INTERMEDIATE_CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    )
+)
+# The key exchange groups of the guideline. Python has no call to set a list of them on
+# a context (set_ecdh_curve sets exactly one), so they reach OpenSSL through a
+# configuration file read when the process starts (see openssl_groups_config).
+TLS_GROUPS = "X25519:P-256:P-384"
+
+
+def describe_profile(profile: TLSProfile) -> str:
+    """One line saying what ``profile`` allows, for ``gateway check`` and the log."""
+    if profile == "modern":
+        return f"modern: TLS 1.3 only, groups {TLS_GROUPS}"
+    return f"intermediate: TLS 1.2 (ECDHE + AEAD ciphers) and TLS 1.3, groups {TLS_GROUPS}"
+
+
+def harden(context: ssl.SSLContext, profile: TLSProfile = "intermediate") -> ssl.SSLContext:
+    """Apply Mozilla's ``intermediate`` or ``modern`` profile and offer http/1.1 over ALPN.
+
+    The server's cipher order is kept (Python's default for server contexts): every
+    suite allowed is strong, and AES-128-GCM first is the cheapest of them.
+    """
+    if profile == "modern":
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+    else:
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(INTERMEDIATE_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(["http/1.1"])
     return context
 
 
-def server_context(pair: CertificatePair) -> ssl.SSLContext:
-    """A server SSL context for ``pair`` with TLS 1.2 as the minimum."""
+def server_context(pair: CertificatePair, profile: TLSProfile = "intermediate") -> ssl.SSLContext:
+    """A server SSL context for ``pair`` with the TLS ``profile``."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pair.certfile, pair.keyfile)
-    return harden(context)
+    return harden(context, profile)
+
+
+def openssl_groups_config() -> str:
+    """An OpenSSL configuration that limits every TLS context to ``TLS_GROUPS``.
+
+    OpenSSL reads it (``OPENSSL_CONF``) when Python's ``ssl`` module is first imported,
+    so it must be in the environment before the process starts; ``gateway run`` and
+    ``gateway demo`` restart themselves once with it.
+    """
+    return (
+        "# Written by the gateway: Mozilla's TLS key exchange groups for every context.\n"
+        "openssl_conf = gateway_openssl_init\n\n"
+        "[gateway_openssl_init]\nssl_conf = gateway_ssl\n\n"
+        "[gateway_ssl]\nsystem_default = gateway_tls_defaults\n\n"
+        f"[gateway_tls_defaults]\nGroups = {TLS_GROUPS}\nMinProtocol = TLSv1.2\n"
+    )
 
 
 def write_self_signed(

@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "HOP_BY_HOP_HEADERS",
+    "PROTECTED_REQUEST_HEADERS",
     "ForwardingOptions",
     "Headers",
     "client_chain",
@@ -44,6 +45,19 @@ FORWARDING_HEADERS = frozenset(
 )
 # The gateway answers ``Expect: 100-continue`` itself (uvicorn sends the 100).
 REQUEST_ONLY_DROPPED = frozenset({b"expect"})
+# What a client can never have removed by naming it in Connection: what identifies or
+# frames the request, and what the gateway itself vouches for (RFC 9110 7.6.1 lets a
+# proxy refuse such nominations). ``ForwardingOptions.protected`` adds more.
+PROTECTED_REQUEST_HEADERS = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"via",
+        b"x-request-id",
+        *FORWARDING_HEADERS,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +70,23 @@ class ForwardingOptions:
     via: bool = False
     # None keeps the client's Host; a value replaces it (nginx: proxy_set_header Host).
     host: str | None = None
+    # Header names a client cannot have removed through Connection, besides
+    # PROTECTED_REQUEST_HEADERS (lower case: the request id header, operator-set headers).
+    protected: frozenset[bytes] = frozenset()
 
 
 def strip_hop_by_hop(
-    headers: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes] = frozenset()
+    headers: Iterable[tuple[bytes, bytes]],
+    drop: frozenset[bytes] = frozenset(),
+    protected: frozenset[bytes] = frozenset(),
 ) -> Headers:
-    """Remove hop-by-hop headers, those named in Connection, and ``drop``."""
+    """Remove hop-by-hop headers, ``drop``, and those named in Connection but ``protected``."""
     headers = list(headers)
     named: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":
             named.update(token.strip().lower() for token in value.split(b","))
+    named -= protected
     return [
         (name, value)
         for name, value in headers
@@ -133,7 +153,7 @@ def request_headers(
     """
     drop = REQUEST_ONLY_DROPPED | FORWARDING_HEADERS
     incoming = list(headers)
-    out = strip_hop_by_hop(incoming, drop)
+    out = strip_hop_by_hop(incoming, drop, PROTECTED_REQUEST_HEADERS | options.protected)
     trusted = _is_trusted(peer, options.trusted_proxies)
     old = {name: value for name, value in incoming if name in FORWARDING_HEADERS}
     xff = [value for name, value in incoming if name == b"x-forwarded-for"]
