@@ -37,6 +37,7 @@ class UvicornNoise(logging.Filter):
             # Answered and logged (with the client's address, rate limited) by
             # gateway.refusals instead.
             "Invalid HTTP request received.",
+            "Invalid UTF-8 sequence received from client.",
         }
     )
 

@@ -40,7 +40,29 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
       and resumes when the app takes it: two event-loop registrations per message, even
       while the app is waiting for it. The queue stays bounded: at most two messages
       plus the rest of one socket read.
+    - A client's invalid frame or invalid UTF-8 is logged as one line with its address
+      (``gateway.refusals``, once a minute per client), not as an ERROR with a traceback.
     """
+
+    _reported = False
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.parser_exc is not None and not self._reported:
+            self._report(str(self.conn.parser_exc))
+
+    def _report(self, what: str) -> None:
+        self._reported = True
+        close = self.conn.close_sent
+        client = self.client[0] if self.client else None
+        refused(
+            "invalid_websocket_data",
+            client,
+            "invalid WebSocket data from %s: %s (closed with %s)",
+            client,
+            what,
+            close.code if close is not None else "no close frame",
+        )
 
     def send(self, message: Any) -> Coroutine[Any, Any, None]:
         # Not a coroutine itself: each relayed message costs no extra frame.
@@ -53,12 +75,15 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         self.handshake_complete = True
 
     def send_receive_event_to_app(self) -> None:
-        paused = self.read_paused
+        paused, closed = self.read_paused, self.close_sent
         self.read_paused = True  # uvicorn's method pauses only a socket it thinks is reading
         try:
             super().send_receive_event_to_app()
         finally:
             self.read_paused = paused
+        if self.close_sent and not closed and not self._reported:
+            # uvicorn closed the connection (1007) over a text message that is not UTF-8.
+            self._report("a text message that is not UTF-8")
         if not paused and not self.close_sent and self.queue.qsize() > 1:
             self.read_paused = True
             self.transport.pause_reading()

@@ -35,6 +35,15 @@ READ_BUFFER_HIGH_BYTES: Final = 256 * 1024
 _HTTP_VERSIONS: Final = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 
+def _response_parser(connection: object) -> httptools.HttpResponseParser:
+    """A response parser that accepts a bare LF as line end, as nginx does from backends
+    (RFC 9112 section 2.2 allows it); every framing ambiguity - Content-Length with
+    Transfer-Encoding, several Content-Lengths, obsolete line folding - stays an error."""
+    parser = httptools.HttpResponseParser(connection)
+    parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+    return parser
+
+
 class Connection(asyncio.Protocol):
     """An HTTP/1.1 client connection; see the module docstring."""
 
@@ -53,7 +62,7 @@ class Connection(asyncio.Protocol):
         self._on_release = on_release
         self._on_close = on_close
         self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = _response_parser(self)
         # Pool bookkeeping.
         self.closed = False
         self.idle = False
@@ -436,7 +445,7 @@ class Connection(asyncio.Protocol):
         if self._is_head:
             # llhttp cannot be told the method, so it would wait for the body that the
             # Content-Length of a HEAD response announces: end here, with a new parser.
-            self._parser = httptools.HttpResponseParser(self)
+            self._parser = _response_parser(self)
             self._finish(self._keep_alive)
 
     def on_body(self, body: bytes) -> None:
