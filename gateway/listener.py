@@ -23,7 +23,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, cast
 
-from gateway.logs import ClientLog
+from gateway.refusals import refused
 from gateway.tls import https_url
 
 __all__ = ["PlainHTTP", "TLSListener", "plain_http_answer"]
@@ -114,14 +114,14 @@ class _PlainHTTPAnswer(asyncio.Protocol):
         status, response = plain_http_answer(head, listener.plain_http, listener.https_port)
         self.transport.write(response)
         self.transport.close()
-        listener.client_log.log(
-            logging.WARNING,
+        refused(
+            "plain_http",
             self.address,
-            "plain-http",
             "plain HTTP request on the TLS port from %s: answered %d (clients must use"
             " https://; logged once a minute per client)",
             self.address,
             status,
+            level=logging.WARNING,
         )
 
 
@@ -149,7 +149,6 @@ class TLSListener:
         self.handshake_timeout_s = handshake_timeout_s
         self.plain_http: PlainHTTP = plain_http
         self.https_port = https_port
-        self.client_log = ClientLog(logger)
         self._loop = asyncio.get_running_loop()
         self._waiting: dict[socket.socket, asyncio.TimerHandle] = {}
         self._starting: set[asyncio.Task[None]] = set()
@@ -249,10 +248,9 @@ class TLSListener:
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             conn.close()
-            self.client_log.log(
-                logging.INFO,
+            refused(
+                "tls_handshake",
                 address,
-                "tls",
                 "TLS handshake with %s failed: %s",
                 address,
                 _describe(exc),

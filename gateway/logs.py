@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["ClientLog", "UvicornNoise", "configure_logging"]
+__all__ = ["ClientLog", "UvicornNoise", "configure_logging", "quiet_uvicorn"]
 
 
 class UvicornNoise(logging.Filter):
@@ -45,6 +45,13 @@ class UvicornNoise(logging.Filter):
         return record.msg not in self.TEMPLATES
 
 
+def quiet_uvicorn() -> None:
+    """Drop uvicorn's per-server lines and the ones ``gateway.refusals`` says better."""
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, UvicornNoise) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(UvicornNoise())
+
+
 def configure_logging(level: str) -> None:
     """One plain log format for the gateway's and uvicorn's loggers, at ``level``."""
     logging.basicConfig(
@@ -52,9 +59,7 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    uvicorn_error = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, UvicornNoise) for f in uvicorn_error.filters):
-        uvicorn_error.addFilter(UvicornNoise())
+    quiet_uvicorn()
 
 
 class ClientLog:

@@ -30,6 +30,9 @@ Metric names (namespace ``gateway``)::
     gateway_upstream_pool_connections{upstream}           gauge, open or opening
     gateway_upstream_pool_idle_connections{upstream}      gauge
     gateway_upstream_pool_waiting_requests{upstream}      gauge
+    gateway_edge_refusals_total{reason}                   counter, process-wide: bad_host,
+        bad_version, no_version, bad_framing, malformed, request_trailer, plain_http,
+        tls_handshake, invalid_websocket_data
 
 plus ``process_*`` (CPU, memory, open files) unless ``process_metrics=False``.
 ``direction`` is ``client_to_backend`` or ``backend_to_client``; status classes come
@@ -66,6 +69,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from gateway import refusals
 from gateway.upstream import TargetStatus, failure_kind
 
 __all__ = [
@@ -298,6 +302,26 @@ class _UpstreamCollector(Collector):
         yield from pools.values()
 
 
+class _RefusalCollector(Collector):
+    """What the edge refused or dropped before any app saw it (``gateway.refusals``)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            f"{self.namespace}_edge_refusals",
+            "Requests, connections and trailers refused or dropped at the edge, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(refusals.COUNTS.items()):
+            family.add_metric([reason], count)
+        yield family
+
+
 class UpstreamView(Protocol):
     """What the metrics read of an upstream (``gateway.upstream.Upstream`` has it)."""
 
@@ -352,6 +376,7 @@ class Metrics:
         )
         self._upstreams = _UpstreamCollector(namespace)
         self.registry.register(self._upstreams)
+        self.registry.register(_RefusalCollector(namespace))
         if process_metrics:
             ProcessCollector(registry=self.registry)
         self.recent_errors: deque[ErrorRecord] = deque(maxlen=max_recent_errors)

@@ -24,7 +24,9 @@ COUNTS: Counter[str] = Counter()
 _LOG = ClientLog(logger)
 
 
-def refused(reason: str, client: str | None, message: str, *args: object) -> None:
+def refused(
+    reason: str, client: str | None, message: str, *args: object, level: int = logging.INFO
+) -> None:
     """Count ``reason`` and log ``message % args`` (once a minute per client and reason)."""
     COUNTS[reason] += 1
-    _LOG.log(logging.INFO, client or "unknown", reason, message, *args)
+    _LOG.log(level, client or "unknown", reason, message, *args)

@@ -28,7 +28,7 @@ import uvicorn
 from gateway.app import close_websockets, create_admin_app, create_app
 from gateway.control import ReloadReport, write_report
 from gateway.listener import PlainHTTP, TLSListener
-from gateway.logs import configure_logging
+from gateway.logs import configure_logging, quiet_uvicorn
 from gateway.protocols import HTTP_PROTOCOL, WebSocketProtocol
 from gateway.proxy.websocket_rules import wire_max_size
 from gateway.reload import Reloader, check_reload
@@ -151,6 +151,7 @@ def uvicorn_config(
     app: object, settings: Settings, pair: CertificatePair | None, *, access_log: bool = False
 ) -> uvicorn.Config:
     """uvicorn settings for a gateway listener: fastest loop/parser available, our TLS."""
+    quiet_uvicorn()
     config = _Config(
         app,  # type: ignore[arg-type]
         loop="auto",

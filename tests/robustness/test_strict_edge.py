@@ -10,12 +10,19 @@ before any backend byte is written; the shapes RFC 9112 asks a recipient to acce
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import AsyncIterator
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
+from gateway import refusals
+from gateway.logs import ClientLog
 from tests.conftest import GatewayFactory
+from tests.proxy.ws_servers import ws_backend
 from tests.robustness.helpers import converse, port_of
 from tests.servers import raw_server
 
@@ -205,7 +212,8 @@ async def test_backend_bare_lf_response_is_accepted(
 @pytest.mark.parametrize(
     "backend_response",
     [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\nContent-Length: 2\r\n\r\nok",
     ],
@@ -222,3 +230,38 @@ async def test_backend_framing_ambiguities_are_still_refused(
             port_of(url), b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n", client_ssl
         )
     assert status_of(raw) == 502
+
+
+async def test_invalid_websocket_data_is_one_line_per_client_and_counted(
+    gateway_factory: GatewayFactory,
+    client_ssl: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.edge")
+    # A throttle of its own, so that an earlier test's line from 127.0.0.1 does not count.
+    monkeypatch.setattr(refusals, "_LOG", ClientLog(logging.getLogger("gateway.edge")))
+    before = refusals.COUNTS["invalid_websocket_data"]
+    async with (
+        ws_backend() as backend,
+        gateway_factory(backend.url) as url,
+    ):
+        for _ in range(3):
+            async with connect(f"wss://localhost:{port_of(url)}/ws", ssl=client_ssl) as ws:
+                # A masked text frame whose payload is not UTF-8, written past the client's
+                # own checks.
+                frame = Frame(Opcode.TEXT, b"\xff\xfe")
+                ws.transport.write(frame.serialize(mask=True, extensions=[]))
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1007
+    lines = [r for r in caplog.records if "invalid WebSocket data" in r.getMessage()]
+    assert len(lines) == 1  # three clients from one address: one line a minute
+    assert lines[0].levelno == logging.INFO
+    assert "from 127.0.0.1: a text message that is not UTF-8 (closed with 1007)" in (
+        lines[0].getMessage()
+    )
+    ours = [r for r in caplog.records if r.name.startswith(("gateway", "uvicorn"))]
+    assert not [r for r in ours if r.levelno >= logging.ERROR]
+    assert refusals.COUNTS["invalid_websocket_data"] == before + 3
