@@ -494,11 +494,13 @@ def test_https_and_wss_with_development_certificate(pod: Pod) -> None:
     cert = podman("exec", gateway, "cat", "/var/lib/gateway/dev-cert/cert.pem")
     served = ssl.get_server_certificate(("127.0.0.1", pod.https_port))
     assert ssl.PEM_cert_to_DER_cert(cert) == ssl.PEM_cert_to_DER_cert(served)
-    # The gateway is PID 1, not root.
-    assert podman("exec", gateway, "cat", "/proc/1/cmdline").split("\0")[1:3] == [
-        "/opt/gateway/bin/gateway",
+    # The gateway is PID 1, not root (restarted in place with its TLS groups: same pid).
+    assert podman("exec", gateway, "cat", "/proc/1/cmdline").split("\0")[1:4] == [
+        "-m",
+        "gateway",
         "run",
     ]
+    assert "groups set through /var/lib/gateway/openssl-tls-groups.cnf" in container_logs(gateway)
     assert podman("exec", gateway, "id", "-u") == "10001"
 
 
