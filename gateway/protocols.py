@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -25,7 +26,7 @@ from gateway.refusals import refused
 from gateway.request_rules import Refusal, check_head
 from gateway.watchdog import Watchdog
 
-__all__ = ["HTTP_PROTOCOL", "WebSocketProtocol"]
+__all__ = ["FRAGMENT_OVERHEAD_BYTES", "HTTP_PROTOCOL", "WebSocketProtocol"]
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
@@ -42,9 +43,104 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
       plus the rest of one socket read.
     - A client's invalid frame or invalid UTF-8 is logged as one line with its address
       (``gateway.refusals``, once a minute per client), not as an ERROR with a traceback.
+    - Bounded per connection against a hostile client:
+      - pings: while the client does not read (the transport paused writing), its socket
+        is not read either, and only the latest pong waits to be written; a client that
+        keeps the write buffer full for ``ws_send_timeout_s`` is cut off;
+      - fragments: each continuation frame counts ``FRAGMENT_OVERHEAD_BYTES`` on top of
+        its payload towards the message limit (``ws_max_size``), so a message made of a
+        million tiny (or empty) fragments is refused (1009) like a big one.
     """
 
     _reported = False
+    _write_blocked = False
+    _held_pong: bytes | None = None
+    _stall_timer: asyncio.TimerHandle | None = None
+    _message_bytes = 0
+
+    # -- a client that does not read ------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._write_blocked = True
+        if not self.read_paused:
+            self.transport.pause_reading()
+        timeout_s: float | None = getattr(self.config, "ws_send_timeout_s", None)
+        if timeout_s is not None and self._stall_timer is None:
+            self._stall_timer = self.loop.call_later(timeout_s, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._write_blocked = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self._held_pong is not None and not self.transport.is_closing():
+            self.transport.write(self._held_pong)
+        self._held_pong = None
+        if not self.read_paused:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        super().connection_lost(exc)
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        client = self.client[0] if self.client else None
+        refused(
+            "websocket_stalled",
+            client,
+            "WebSocket client %s read nothing for %g s while data waited: cut off",
+            client,
+            getattr(self.config, "ws_send_timeout_s", 0),
+        )
+        self.transport.abort()
+
+    def handle_ping(self) -> None:
+        output = self.conn.data_to_send()
+        if not self._write_blocked:
+            self.transport.write(b"".join(output))
+            return
+        # Only the latest pong waits (RFC 6455 5.5.3 allows answering only the last
+        # ping); anything else (a close frame) is written.
+        pongs = [chunk for chunk in output if chunk[:1] == _PONG_FRAME]
+        if pongs:
+            self._held_pong = pongs[-1]
+        rest = [chunk for chunk in output if chunk[:1] != _PONG_FRAME]
+        if rest:
+            self.transport.write(b"".join(rest))
+
+    # -- messages made of many fragments ------------------------------------------
+
+    def handle_text(self, event: Frame) -> None:
+        self._message_bytes = len(event.data) + FRAGMENT_OVERHEAD_BYTES
+        super().handle_text(event)
+
+    def handle_bytes(self, event: Frame) -> None:
+        self._message_bytes = len(event.data) + FRAGMENT_OVERHEAD_BYTES
+        super().handle_bytes(event)
+
+    def handle_cont(self, event: Frame) -> None:
+        if self.close_sent:
+            return
+        self._message_bytes += len(event.data) + FRAGMENT_OVERHEAD_BYTES
+        limit = self.config.ws_max_size
+        if limit and self._message_bytes > limit:
+            self.frames = []
+            client = self.client[0] if self.client else None
+            refused(
+                "websocket_fragments",
+                client,
+                "WebSocket client %s sent a message of too many fragments: closed with 1009",
+                client,
+            )
+            self.conn.fail(1009, "message too big")
+            self.handle_parser_exception()
+            return
+        super().handle_cont(event)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -87,6 +183,13 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if not paused and not self.close_sent and self.queue.qsize() > 1:
             self.read_paused = True
             self.transport.pause_reading()
+
+
+# A server's unmasked PONG frame starts with FIN + opcode 0xA.
+_PONG_FRAME = b"\x8a"
+# What one fragment costs while a message is assembled besides its payload (a list slot,
+# a bytes object, the parsed frame), counted towards the message limit.
+FRAGMENT_OVERHEAD_BYTES = 64
 
 
 _HEAD_TIMEOUT_RESPONSE = (

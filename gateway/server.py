@@ -65,6 +65,7 @@ class _Config(uvicorn.Config):
     plain_http: PlainHTTP = "reject"
     https_port: int = 443
     tls_profile: TLSProfile = "intermediate"
+    ws_send_timeout_s: float | None = None
 
     def load(self) -> None:
         super().load()
@@ -183,6 +184,7 @@ def uvicorn_config(
     config.max_head_bytes = max_head_bytes(settings)
     config.plain_http = settings.listen.plain_http
     config.tls_profile = settings.tls.profile
+    config.ws_send_timeout_s = settings.timeouts.send_s
     config.https_port = settings.listen.public_port or settings.listen.port
     return config
 
