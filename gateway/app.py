@@ -62,6 +62,10 @@ def _forwarding(settings: Settings, route: RouteSettings) -> ForwardingOptions:
         via=f.via,
         host=route.host_header,
         protected=frozenset(protected),
+        strip_untrusted=frozenset(
+            name.lower().encode("latin-1") for name in f.strip_client_headers
+        ),
+        keep_underscores=f.keep_underscore_headers,
     )
 
 
@@ -187,9 +191,18 @@ def build_gateway(settings: Settings, metrics: Metrics | None = None) -> Gateway
         if metrics is not None and http_app is not None:
             # Outside the route's stack, so its own answers (401, 429, 413...) count too.
             http_app = MetricsMiddleware(http_app, metrics=metrics, route=label)
-        dots = (route.limits or settings.limits).reject_dot_segments
+        limits = route.limits or settings.limits
         routes.append(
-            Route(route.prefix, http_app, ws_app, route.strip_prefix, tuple(route.hosts), dots)
+            Route(
+                route.prefix,
+                http_app,
+                ws_app,
+                route.strip_prefix,
+                tuple(route.hosts),
+                reject_dot_segments=limits.reject_dot_segments,
+                reject_ambiguous_paths=limits.reject_ambiguous_paths,
+                case_insensitive=route.case_insensitive,
+            )
         )
     builder.check()
     router = Router(routes)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import functools
 import getpass
-import logging
 import os
 import signal
 import ssl
@@ -20,7 +19,7 @@ from pathlib import Path
 from gateway.app import build_gateway
 from gateway.control import read_report, report_path, state_dir, write_atomically
 from gateway.demo import demo_app
-from gateway.logs import configure_logging
+from gateway.logs import configure_logging, get_logger
 from gateway.middleware.auth import hash_password
 from gateway.nginx.cli import add_arguments as add_nginx_arguments
 from gateway.nginx.cli import settings_from_nginx
@@ -45,7 +44,7 @@ from gateway.tls import (
 
 __all__ = ["main"]
 
-logger = logging.getLogger("gateway")
+logger = get_logger("gateway")
 
 
 def resolve_certificate(settings: Settings) -> CertificatePair | None:

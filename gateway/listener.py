@@ -23,12 +23,13 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, cast
 
+from gateway.logs import get_logger
 from gateway.refusals import refused
 from gateway.tls import https_url
 
 __all__ = ["PlainHTTP", "TLSListener", "plain_http_answer"]
 
-logger = logging.getLogger("gateway.listener")
+logger = get_logger("gateway.listener")
 
 PlainHTTP = Literal["reject", "redirect"]
 
@@ -49,15 +50,8 @@ def plain_http_answer(head: bytes, mode: PlainHTTP, https_port: int) -> tuple[in
         if name.strip().lower() == b"host":
             host = value.strip().decode("latin-1")
             break
-    usable = (
-        mode == "redirect"
-        and target.startswith("/")
-        and not target.startswith("//")
-        and host
-        and all(c.isalnum() or c in "-.:[]" for c in host)
-    )
-    if usable:
-        url = https_url(host, https_port, target)
+    url = https_url(host, https_port, target) if mode == "redirect" and host else None
+    if url is not None:
         body = f"This port speaks HTTPS: moved to {url}\n".encode()
         status, reason = 308, b"Permanent Redirect"
         extra = b"location: " + url.encode("latin-1") + b"\r\n"

@@ -14,16 +14,59 @@ client cannot flood the log.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["ClientLog", "UvicornNoise", "configure_logging", "quiet_uvicorn"]
+from gateway.redaction import redact_url
+
+__all__ = [
+    "ClientLog",
+    "EscapeControls",
+    "UvicornNoise",
+    "configure_logging",
+    "escape_controls",
+    "get_logger",
+    "quiet_uvicorn",
+]
 
 
-class UvicornNoise(logging.Filter):
-    """Drops uvicorn's lines that repeat once per internal server and name none."""
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters (and Unicode line separators) as ``\\xHH``: a
+    client's ``%0a`` in a path cannot start a forged log line, nor ``%1b`` reach a terminal."""
+    if text.isprintable():
+        return text
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class EscapeControls(logging.Filter):
+    """Escapes control characters in the string arguments of a record (the client-supplied
+    values: paths, header values, addresses); the message template is the gateway's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args:
+            record.args = tuple(escape_controls(a) if isinstance(a, str) else a for a in args)
+        return True
+
+
+def get_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with control characters escaped in its records' values."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, EscapeControls) for f in logger.filters):
+        logger.addFilter(EscapeControls())
+    return logger
+
+
+class UvicornNoise(EscapeControls):
+    """uvicorn's own lines: drops those that repeat once per internal server and name
+    none (or that ``gateway.refusals`` says better), redacts secrets from the URL of its
+    WebSocket lines (``?access_token=...``), and escapes control characters."""
 
     TEMPLATES = frozenset(
         {
@@ -42,7 +85,18 @@ class UvicornNoise(logging.Filter):
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg not in self.TEMPLATES
+        if record.msg in self.TEMPLATES:
+            return False
+        args = record.args
+        if (
+            isinstance(record.msg, str)
+            and record.msg.startswith('%s - "WebSocket %s"')
+            and isinstance(args, tuple)
+            and len(args) >= 2
+            and isinstance(args[1], str)
+        ):
+            record.args = (args[0], redact_url(args[1]), *args[2:])
+        return super().filter(record)
 
 
 def quiet_uvicorn() -> None:

@@ -41,7 +41,6 @@ from ``code`` in PromQL (``sum by (route) (rate(gateway_http_requests_total{code
 
 from __future__ import annotations
 
-import re
 import time
 from bisect import bisect_left
 from collections import deque
@@ -70,6 +69,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from gateway import refusals
+from gateway.redaction import redact_text
 from gateway.upstream import TargetStatus, failure_kind
 
 __all__ = [
@@ -91,10 +91,6 @@ LATENCY_BUCKETS_S = (
 )  # fmt: skip
 UPSTREAM_ERROR_STATE_KEY = "upstream_error"
 _RATE_WINDOW_S = 10.0
-_USERINFO_RE = re.compile(r"(?<=//)[^/@\s]+@")
-_SECRET_PARAM_RE = re.compile(
-    r"(?i)\b([\w.-]*(?:token|key|pass|pwd|secret|auth|session|sig|credential)[\w.-]*=)[^&\s'\"]+"
-)
 
 
 def route_label(prefix: str, hosts: Iterable[str] = ()) -> str:
@@ -128,9 +124,9 @@ def upstream_error_kind(error: BaseException | str) -> str:
 
 
 def redact_secrets(text: str) -> str:
-    """``text`` without URL credentials (``//user:pass@``) or secret-looking parameter values."""
-    text = _USERINFO_RE.sub("***@", text)
-    return _SECRET_PARAM_RE.sub(r"\1***", text)
+    """``text`` without URL credentials or secret-looking parameter values (the one policy
+    of ``gateway.redaction``)."""
+    return redact_text(text)
 
 
 def _error_message(error: BaseException | str) -> str:

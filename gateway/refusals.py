@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from gateway.logs import ClientLog
+from gateway.logs import ClientLog, get_logger
 
 __all__ = ["COUNTS", "refused"]
 
-logger = logging.getLogger("gateway.edge")
+logger = get_logger("gateway.edge")
 
 COUNTS: Counter[str] = Counter()
 """Refusals and drops so far, by reason (``bad_host``, ``request_trailer``, ...)."""

@@ -7,7 +7,6 @@ is logged line by line (and reported to ``gateway reload``) and the running one 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import ssl
 from collections.abc import Callable
@@ -19,12 +18,13 @@ from starlette.applications import Starlette
 
 from gateway.app import build_gateway, reload_app
 from gateway.control import ReloadReport, write_report
+from gateway.logs import get_logger
 from gateway.settings import ConfigError, Settings
 from gateway.tls import CertificatePair
 
 __all__ = ["CERT_POLL_S", "Reloader", "check_reload"]
 
-logger = logging.getLogger("gateway")
+logger = get_logger("gateway")
 
 CERT_POLL_S = 2.0
 

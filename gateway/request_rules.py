@@ -17,6 +17,7 @@ asks of a server (and stricter than nginx where that costs no real client):
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,10 +37,20 @@ class Refusal:
     message: str
 
 
+# The usual shapes, checked by one regular expression: a name or IPv4 address, a port.
+_PLAIN_HOST = re.compile(rb"([A-Za-z0-9._~-]+)(?::([0-9]{1,5}))?")
+
+
 def split_host(value: bytes) -> tuple[bytes, bytes | None] | None:
     """``(host, port)`` of a valid ``host[:port]`` value, else None."""
     if not value or len(value) > _MAX_HOST_BYTES:
         return None
+    plain = _PLAIN_HOST.fullmatch(value)
+    if plain is not None:
+        port = plain.group(2)
+        if port is not None and not 0 < int(port) <= 65535:
+            return None
+        return plain.group(1), port
     if value.startswith(b"["):
         end = value.find(b"]")
         if end == -1:

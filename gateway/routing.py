@@ -38,16 +38,18 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.path_rules import ambiguous_path, has_dot_segment
+from gateway.request_rules import valid_host
 from gateway.responses import send_text
 
 __all__ = [
     "Route",
     "RouteTable",
     "Router",
+    "ascii_lower",
     "has_dot_segment",
     "match_route",
     "normalise_host",
@@ -114,7 +116,10 @@ class Route:
     ``hosts`` empty means any host. ``strip_prefix`` hands the app the path below the
     prefix (as ASGI ``root_path``), like nginx ``proxy_pass http://backend/``.
     ``reject_dot_segments`` answers 400 to a path with a ``.`` or ``..`` segment
-    (:func:`has_dot_segment`); off, the raw path reaches the app byte for byte.
+    (:func:`has_dot_segment`), ``reject_ambiguous_paths`` to one that a backend may
+    normalise into another (:func:`ambiguous_path`); off, the raw path reaches the app
+    byte for byte. ``case_insensitive`` matches the prefix without regard to ASCII case
+    (``/admin`` takes ``/ADMIN/x``), for a backend that routes that way.
     """
 
     prefix: str
@@ -123,38 +128,22 @@ class Route:
     strip_prefix: bool = False
     hosts: tuple[str, ...] = ()
     reject_dot_segments: bool = True
+    reject_ambiguous_paths: bool = True
+    case_insensitive: bool = False
 
     def __post_init__(self) -> None:
         hosts = tuple(dict.fromkeys(normalise_host_pattern(host) for host in self.hosts))
         object.__setattr__(self, "hosts", hosts)
+        if self.case_insensitive:
+            object.__setattr__(self, "prefix", ascii_lower(self.prefix))
 
 
-def has_dot_segment(raw_path: bytes) -> bool:
-    """True if ``raw_path`` has a ``.`` or ``..`` segment once percent-decoded.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
-    Segments are separated by ``/`` and ``\\`` (some backends treat a backslash as one),
-    literal or encoded (``%2F``, ``%5C``); ``%2e`` is a dot in any case. A segment is
-    judged by its part before ``;`` (``..;x`` is ``..`` to Tomcat and Jetty). Decoded
-    once, as the router decodes: ``%252e`` is the ordinary segment ``%2e``.
 
-    ``/a/../b``, ``/a/%2E%2e/b``, ``/a/.%2e``, ``/a%2F..%2Fb``, ``/a\\..\\b``, ``/./a``,
-    ``/..;/a`` -> True; ``/a/b.txt``, ``/.well-known/x``, ``/...``, ``/a..b`` -> False.
-    """
-    if b"%" in raw_path:
-        path = unquote_to_bytes(raw_path)
-    elif b"." in raw_path:
-        path = raw_path
-    else:
-        return False
-    if b"\\" in path:
-        path = path.replace(b"\\", b"/")
-    # Most paths with a dot have it inside a name (app.js): no segment starts with one.
-    if b"/." not in path and not path.startswith(b"."):
-        return False
-    for segment in path.split(b"/"):
-        if segment[:1] == b"." and segment.partition(b";")[0] in (b".", b".."):
-            return True
-    return False
+def ascii_lower(text: str) -> str:
+    """``text`` with A-Z folded to a-z only (its length never changes)."""
+    return text.translate(_ASCII_LOWER)
 
 
 def prefix_matches(prefix: str, path: str) -> bool:
@@ -168,8 +157,14 @@ def prefix_matches(prefix: str, path: str) -> bool:
 
 
 def _longest_prefix(routes: tuple[Route, ...], path: str) -> Route | None:
+    folded: str | None = None
     for route in routes:  # sorted longest prefix first
-        if prefix_matches(route.prefix, path):
+        if route.case_insensitive:
+            if folded is None:
+                folded = ascii_lower(path)
+            if prefix_matches(route.prefix, folded):
+                return route
+        elif prefix_matches(route.prefix, path):
             return route
     return None
 
@@ -239,29 +234,19 @@ def match_route(routes: RouteTable | Sequence[Route], host: str | None, path: st
     return table.match(host, path)
 
 
-class _Ambiguous:
-    """Marker for a request with more than one Host header."""
-
-
-_AMBIGUOUS = _Ambiguous()
-
-
-def _host_header(scope: Scope) -> str | _Ambiguous | None:
-    found: bytes | None = None
-    for name, value in scope["headers"]:
-        if name == b"host":
-            if found is not None:
-                return _AMBIGUOUS
-            found = value
-    return None if found is None else found.decode("latin-1")
-
-
 _DOT_SEGMENT_TEXT = "400 Bad Request: '.' or '..' segment in the path"
+_BAD_HOST_TEXT = "400 Bad Request: invalid Host header"
 
 
 class Router:
-    """ASGI dispatcher over a route table; unmatched requests get 404 from the gateway,
-    and a path with a dot segment 400 when its route refuses them."""
+    """ASGI dispatcher over a route table.
+
+    Before any route: a request with more than one Host, or a Host that is not a valid
+    ``host[:port]`` (``gateway.request_rules``), gets 400 - under any server, so that
+    routing, the backend's URL parser, Location rewrites and forwarding headers all read
+    the same host. Unmatched requests get 404; a path that its route refuses (dot
+    segments, ambiguous forms) gets 400.
+    """
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.table = RouteTable(routes)
@@ -271,28 +256,36 @@ class Router:
         kind = scope["type"]
         if kind not in ("http", "websocket"):
             return
-        host = None
-        if self.table.uses_hosts:
-            header = _host_header(scope)
-            if isinstance(header, _Ambiguous):
-                await send_text(scope, send, 400, "400 Bad Request: more than one Host header")
-                return
-            host = header
+        host: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                if host is not None:
+                    await send_text(scope, send, 400, "400 Bad Request: more than one Host header")
+                    return
+                host = value
+        if host is not None and not valid_host(host):
+            await send_text(scope, send, 400, _BAD_HOST_TEXT)
+            return
         root_path: str = scope.get("root_path", "")
         path: str = scope["path"]
         # Under a mount, ASGI paths include root_path; match on the part below it.
         local = path[len(root_path) :] if root_path and path.startswith(root_path) else path
-        route = self.table.match(host, local or "/")
+        route = self.table.match(host.decode("latin-1") if host else None, local or "/")
         app = None if route is None else (route.http if kind == "http" else route.websocket)
         if route is None or app is None:
             await send_text(scope, send, 404)
             return
-        if route.reject_dot_segments:
+        if route.reject_dot_segments or route.reject_ambiguous_paths:
             raw_path: bytes | None = scope.get("raw_path")
-            if has_dot_segment(raw_path if raw_path is not None else path.encode()):
+            raw = raw_path if raw_path is not None else path.encode()
+            if route.reject_dot_segments and has_dot_segment(raw):
                 await send_text(scope, send, 400, _DOT_SEGMENT_TEXT)
+                return
+            if route.reject_ambiguous_paths and (problem := ambiguous_path(raw)) is not None:
+                await send_text(scope, send, 400, f"400 Bad Request: {problem}")
                 return
         if route.strip_prefix and route.prefix != "/":
             scope = dict(scope)
-            scope["root_path"] = root_path + route.prefix
+            # The prefix as the client spelled it (a case-insensitive route folds it).
+            scope["root_path"] = root_path + local[: len(route.prefix)]
         await app(scope, receive, send)

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import functools
 import gc
-import logging
 import multiprocessing
 import os
 import signal
@@ -28,7 +27,7 @@ import uvicorn
 from gateway.app import close_websockets, create_admin_app, create_app
 from gateway.control import ReloadReport, write_report
 from gateway.listener import PlainHTTP, TLSListener
-from gateway.logs import configure_logging, quiet_uvicorn
+from gateway.logs import configure_logging, get_logger, quiet_uvicorn
 from gateway.protocols import HTTP_PROTOCOL, WebSocketProtocol
 from gateway.proxy.websocket_rules import wire_max_size
 from gateway.reload import Reloader, check_reload
@@ -48,7 +47,7 @@ __all__ = [
     "uvicorn_config",
 ]
 
-logger = logging.getLogger("gateway")
+logger = get_logger("gateway")
 
 
 class _Config(uvicorn.Config):

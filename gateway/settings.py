@@ -28,6 +28,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.proxy.forwarding import CLIENT_TRUST_HEADERS
 from gateway.routing import normalise_host_pattern
 from gateway.settings_sources import env_variable_for, field_names_at, line_of, suggestion
 from gateway.upstream import Target
@@ -159,6 +160,13 @@ class ForwardingSettings(_Section):
     forwarded: bool = False
     via: bool = False
     rewrite_location: bool = True
+    # Headers dropped from clients that are not trusted proxies: names some frameworks
+    # and CDNs take as the client's address, scheme or URL. [] keeps them all.
+    strip_client_headers: list[str] = Field(
+        default_factory=lambda: sorted(n.decode() for n in CLIENT_TRUST_HEADERS)
+    )
+    # Header names with "_" are dropped (nginx: underscores_in_headers off).
+    keep_underscore_headers: bool = False
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -184,6 +192,10 @@ class LimitSettings(_Section):
     # 400 for a path with a "." or ".." segment, literal or %2e-encoded (browsers and curl
     # never send one). False forwards such paths byte for byte, as routed without resolving.
     reject_dot_segments: bool = True
+    # 400 for a path a backend may normalise into another: ";" parameters, backslashes,
+    # encoded control characters, segments ending in a space or dot, overlong UTF-8,
+    # fullwidth forms (gateway.path_rules). False forwards them byte for byte.
+    reject_ambiguous_paths: bool = True
 
 
 class HeaderSettings(_Section):
@@ -225,7 +237,8 @@ class IPSettings(_Section):
 
 
 class RateLimitSettings(_Section):
-    """Token bucket per client IP, and connection limits; off unless rate_per_s is set."""
+    """Token bucket per client IP (off unless rate_per_s is set), and connection limits per
+    client IP (each on its own)."""
 
     rate_per_s: float | None = Field(None, gt=0)
     burst: int = Field(20, ge=1)
@@ -334,6 +347,9 @@ class RouteSettings(_Section):
     root: Path | None = None
     index: list[str] = Field(default_factory=lambda: ["index.html"])
     strip_prefix: bool = False
+    # Match the prefix without regard to ASCII case (/admin takes /ADMIN/x): set it on a
+    # guarded prefix in front of a backend that routes case-insensitively (Express).
+    case_insensitive: bool = False
     # None keeps the client's Host header (nginx: proxy_set_header Host $http_host).
     host_header: str | None = None
     http: bool = True

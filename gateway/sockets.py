@@ -8,17 +8,17 @@ how to choose another, so that ``gateway run`` fails before it serves anything.
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.logs import get_logger
 from gateway.settings import ConfigError, Settings
 
 __all__ = ["Listener", "announce", "bind", "bind_listeners", "listener_url"]
 
-logger = logging.getLogger("gateway")
+logger = get_logger("gateway")
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,11 @@ class StackBuilder:
                 **credentials,
             )
         limit = route.rate_limit or s.rate_limit
-        if limit.rate_per_s is not None:
+        if (
+            limit.rate_per_s is not None
+            or limit.max_concurrent_per_ip is not None
+            or limit.max_websockets_per_ip is not None
+        ):
             app = self._rate_limit(app, limit, route, own("rate_limit"))
         ip = route.ip or s.ip
         if ip.allow or ip.deny:
@@ -188,7 +192,8 @@ class StackBuilder:
     def _rate_limit(
         self, app: ASGIApp, limit: RateLimitSettings, route: RouteSettings, key: str
     ) -> ASGIApp:
-        store = self._store(limit, key)
+        # Connection limits alone need no token store (nor Redis).
+        store = self._store(limit, key) if limit.rate_per_s is not None else MemoryStore()
         if store is None:
             return app
         return self.layer(

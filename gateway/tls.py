@@ -17,6 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from starlette.types import Receive, Scope, Send
 
+from gateway.request_rules import split_host
+from gateway.responses import send_text
+
 __all__ = [
     "DEV_CERT_NAMES",
     "INTERMEDIATE_CIPHERS",
@@ -165,13 +168,13 @@ def dev_certificate(folder: Path) -> tuple[CertificatePair, bool]:
     return write_self_signed(folder), True
 
 
-def https_url(host_header: str, https_port: int, target: str) -> str:
-    """The https URL for a request that arrived over plain HTTP."""
-    host = host_header
-    if host.startswith("["):  # [::1]:8080
-        host = host[: host.index("]") + 1]
-    elif host.count(":") == 1:
-        host = host.split(":", 1)[0]
+def https_url(host_header: str, https_port: int, target: str) -> str | None:
+    """The https URL for a request that arrived over plain HTTP, or None when its Host is
+    not a usable ``host[:port]`` or its target is not a path (never a URL elsewhere)."""
+    parts = split_host(host_header.encode("latin-1"))
+    if parts is None or not target.startswith("/"):
+        return None
+    host = parts[0].decode("ascii")
     port = "" if https_port == 443 else f":{https_port}"
     return f"https://{host}{port}{target}"
 
@@ -179,20 +182,21 @@ def https_url(host_header: str, https_port: int, target: str) -> str:
 class RedirectToHttps:
     """ASGI app for the plain-HTTP listener: 308 to https; ``ws://`` is refused with advice."""
 
-    def __init__(self, https_port: int, default_host: str = "localhost") -> None:
+    def __init__(self, https_port: int) -> None:
         self.https_port = https_port
-        self.default_host = default_host
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return
-        host = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), self.default_host
-        )
+        hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
         target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if scope["query_string"]:
             target += "?" + scope["query_string"].decode("latin-1")
-        url = https_url(host, self.https_port, target)
+        url = https_url(hosts[0], self.https_port, target) if len(hosts) == 1 else None
+        if url is None:
+            # Without a usable Host there is no https URL to send anyone to.
+            await send_text(scope, send, 400, "400 Bad Request: no usable Host to redirect to")
+            return
         if scope["type"] == "http":
             body = f"Moved to {url}\n".encode()
             headers = [

@@ -27,6 +27,8 @@ def test_plain_http_is_answered_400_naming_the_mistake() -> None:
         (b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\n\r\n", b"https://example.com/a?b=1"),
         (b"GET / HTTP/1.1\r\nhost: example.com:80\r\n\r\n", b"https://example.com:8443/"),
         (b"GET /x HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", b"https://[::1]:8443/x"),
+        # A path that looks scheme-relative stays a path on the client's host.
+        (b"GET //evil.example/ HTTP/1.1\r\nHost: a:80\r\n\r\n", b"https://a:8443//evil.example/"),
     ],
 )
 def test_redirect_mode(head: bytes, location: bytes) -> None:
@@ -39,7 +41,7 @@ def test_redirect_mode(head: bytes, location: bytes) -> None:
 @pytest.mark.parametrize(
     "head",
     [
-        b"GET //evil.example/ HTTP/1.1\r\nHost: a\r\n\r\n",  # scheme-relative
+        b"GET //evil.example/ HTTP/1.1\r\nHost: \r\n\r\n",  # no host: no URL at all
         b"GET / HTTP/1.1\r\nHost: a@evil.example\r\n\r\n",  # userinfo
         b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
         b"GET / HTTP/1.1\r\n\r\n",  # no Host

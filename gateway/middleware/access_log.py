@@ -35,20 +35,24 @@ line follows those from a refusing layer.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.middleware.client_ip import client_ip, parse_networks
+from gateway.redaction import (
+    SENSITIVE_PARAM_WORDS,
+    Redactor,
+    is_sensitive_name,
+    redact_query,
+    redact_url,
+)
 
 __all__ = [
     "SENSITIVE_PARAM_WORDS",
@@ -64,12 +68,6 @@ __all__ = [
     "redact_url",
 ]
 
-# A parameter is secret if its name, lower-cased without "-" and "_", contains one.
-SENSITIVE_PARAM_WORDS = (
-    "token", "key", "pass", "pwd", "secret", "auth", "session", "sess", "sig",
-    "credential", "code", "otp", "jwt", "ticket", "cookie", "bearer", "private",
-)  # fmt: skip
-REDACTED = b"***"
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 # nginx escapes '"', '\' and bytes outside printable ASCII as \xHH in its logs.
 _ESCAPES = {c: f"\\x{c:02X}" for c in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0x100))}
@@ -183,73 +181,6 @@ def format_json(record: AccessRecord) -> str:
         "host": r.host,
     }
     return json.dumps(fields, separators=(",", ":"))
-
-
-class Redactor:
-    """Redacts the values of secret-looking parameters in query strings and URLs."""
-
-    __slots__ = ("_name", "_suspect", "words")
-
-    def __init__(self, words: Iterable[str] = SENSITIVE_PARAM_WORDS) -> None:
-        self.words = tuple(word.lower() for word in words)
-        alternatives = "|".join(re.escape(word) for word in self.words) or "(?!)"
-        self._name = re.compile(alternatives)
-        # What could hide a secret name: a word, or an escape that might spell one.
-        self._suspect = re.compile(f"(?i){alternatives}|%|\\+".encode())
-
-    def is_sensitive(self, name: str) -> bool:
-        """True if a parameter called ``name`` probably carries a secret."""
-        folded = name.lower().replace("-", "").replace("_", "")
-        return self._name.search(folded) is not None
-
-    def query(self, query: bytes) -> bytes:
-        """``query`` with secret values replaced by ``***``, everything else byte for byte."""
-        if not query or self._suspect.search(query) is None:
-            return query  # the common case: nothing to look at closely
-        parts = []
-        for part in query.split(b"&"):
-            name, sep, _ = part.partition(b"=")
-            decoded = unquote_to_bytes(name.replace(b"+", b" ")).decode("latin-1")
-            parts.append(name + b"=" + REDACTED if sep and self.is_sensitive(decoded) else part)
-        return b"&".join(parts)
-
-    def url(self, url: str) -> str:
-        """A URL (a Referer) without user info and with secret parameter values redacted."""
-        scheme, sep, rest = url.partition("://")
-        if sep:
-            authority, slash, path = rest.partition("/")
-            if "@" in authority:
-                authority = "***@" + authority.rpartition("@")[2]
-            url = f"{scheme}{sep}{authority}{slash}{path}"
-        base, question, query = url.partition("?")
-        if not question:
-            return url
-        query, hash_, fragment = query.partition("#")
-        redacted = self.query(query.encode("latin-1")).decode("latin-1")
-        return f"{base}?{redacted}{hash_}{fragment}"
-
-
-@functools.lru_cache(maxsize=8)
-def _redactor(words: tuple[str, ...]) -> Redactor:
-    return Redactor(words)
-
-
-def is_sensitive_name(name: str, words: Iterable[str] = SENSITIVE_PARAM_WORDS) -> bool:
-    """True if a parameter called ``name`` probably carries a secret."""
-    return _redactor(tuple(words)).is_sensitive(name)
-
-
-def redact_query(query: bytes, words: Iterable[str] = SENSITIVE_PARAM_WORDS) -> bytes:
-    """``query`` with the values of secret-looking parameters replaced by ``***``.
-
-    Everything else stays byte for byte (order, repeated names, encoding).
-    """
-    return _redactor(tuple(words)).query(query)
-
-
-def redact_url(url: str, words: Iterable[str] = SENSITIVE_PARAM_WORDS) -> str:
-    """A URL (a Referer) without user info and with secret parameter values redacted."""
-    return _redactor(tuple(words)).url(url)
 
 
 class AccessLogMiddleware:

@@ -26,7 +26,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import logging
 import secrets
 import string
 import time
@@ -35,6 +34,7 @@ from collections.abc import Collection, Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.logs import get_logger
 from gateway.responses import send_text
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
     "verify_password",
 ]
 
-logger = logging.getLogger("gateway.auth")
+logger = get_logger("gateway.auth")
 
 ALGORITHM = "pbkdf2_sha256"
 DEFAULT_ITERATIONS = 600_000  # OWASP's 2023 figure for PBKDF2-HMAC-SHA256

@@ -21,18 +21,18 @@ and the address go to the log.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.logs import get_logger
 from gateway.middleware.client_ip import IPNetwork, client_ip, parse_address, parse_networks
 from gateway.responses import send_text
 
 __all__ = ["IPFilterMiddleware", "IPRules", "ip_allowed", "ip_refusal"]
 
-logger = logging.getLogger("gateway.ipfilter")
+logger = get_logger("gateway.ipfilter")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,17 +22,17 @@ through the ``websocket.http.response`` extension, else a close before accept).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.logs import get_logger
 from gateway.responses import send_text
 
 __all__ = ["RequestLimits", "RequestLimitsMiddleware", "declared_body_bytes", "head_refusal"]
 
-logger = logging.getLogger("gateway.limits")
+logger = get_logger("gateway.limits")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,18 +19,18 @@ A request without Origin (a non-browser client) passes iff ``allow_missing``.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.logs import get_logger
 from gateway.responses import send_text
 
 __all__ = ["OriginCheckMiddleware", "OriginRules", "origin_allowed", "origin_refusal"]
 
-logger = logging.getLogger("gateway.origin")
+logger = get_logger("gateway.origin")
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # RFC 6454 serialisation: scheme "://" host [":" port], nothing else (no path, no userinfo).

@@ -34,7 +34,6 @@ mount prefix (``root_path``) the middleware sees.  Requests without a client add
 from __future__ import annotations
 
 import ipaddress
-import logging
 import math
 import time
 from collections import OrderedDict
@@ -44,6 +43,7 @@ from typing import Literal, Protocol
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.logs import get_logger
 from gateway.middleware.client_ip import IPNetwork, client_ip, parse_address, parse_networks
 from gateway.responses import send_text
 
@@ -57,7 +57,7 @@ __all__ = [
     "take",
 ]
 
-logger = logging.getLogger("gateway.ratelimit")
+logger = get_logger("gateway.ratelimit")
 
 KeyMode = Literal["ip", "ip+route"]
 _TOO_MANY_HTTP = "too many concurrent requests"
@@ -187,9 +187,9 @@ class RateLimitMiddleware:
         self,
         app: ASGIApp,
         *,
-        # Token bucket
-        rate_per_s: float,
-        burst: int,
+        # Token bucket (None: no rate limit, only the connection limits)
+        rate_per_s: float | None,
+        burst: int = 20,
         key: KeyMode = "ip",
         route: str | None = None,
         store: RateStore | None = None,
@@ -200,8 +200,10 @@ class RateLimitMiddleware:
         trusted_proxies: Sequence[str | IPNetwork] = (),
         ipv6_prefix_len: int = 64,
     ) -> None:
-        if not rate_per_s > 0 or math.isinf(rate_per_s):
+        if rate_per_s is not None and (not rate_per_s > 0 or math.isinf(rate_per_s)):
             raise ValueError(f"rate_per_s: must be a positive number, got {rate_per_s!r}")
+        if rate_per_s is None and max_concurrent_per_ip is None and max_websockets_per_ip is None:
+            raise ValueError("set rate_per_s, max_concurrent_per_ip or max_websockets_per_ip")
         if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
             raise ValueError(f"burst: must be a whole number of at least 1, got {burst!r}")
         if key not in ("ip", "ip+route"):
@@ -215,7 +217,7 @@ class RateLimitMiddleware:
         if not 0 < ipv6_prefix_len <= 128:
             raise ValueError(f"ipv6_prefix_len: must be 1..128, got {ipv6_prefix_len!r}")
         self.app = app
-        self.rate_per_s = float(rate_per_s)
+        self.rate_per_s = float(rate_per_s) if rate_per_s is not None else None
         self.burst = burst
         self.key = key
         self.route = route
@@ -242,12 +244,13 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         client = client_key(address, self.ipv6_prefix_len)
-        decision = await self.store.take(
-            self._bucket(scope, client), rate_per_s=self.rate_per_s, burst=self.burst
-        )
-        if not decision.allowed:
-            await self._refuse(scope, send, client, "rate", decision.retry_after_s)
-            return
+        if self.rate_per_s is not None:
+            decision = await self.store.take(
+                self._bucket(scope, client), rate_per_s=self.rate_per_s, burst=self.burst
+            )
+            if not decision.allowed:
+                await self._refuse(scope, send, client, "rate", decision.retry_after_s)
+                return
         if scope["type"] == "http":
             counter, limit, reason = self._in_flight, self.max_concurrent_per_ip, _TOO_MANY_HTTP
         else:

@@ -21,19 +21,20 @@ Redis server 5 or later (scripts that read ``TIME`` before writing).
 
 from __future__ import annotations
 
-import logging
 import time
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateway import redaction
+from gateway.logs import get_logger
 from gateway.middleware.ratelimit import Decision, MemoryStore
 
 __all__ = ["TOKEN_BUCKET_LUA", "RedisStore"]
 
-logger = logging.getLogger("gateway.ratelimit")
+logger = get_logger("gateway.ratelimit")
 
 # KEYS[1] bucket; ARGV[1] rate per second, ARGV[2] burst.  Returns {allowed, retry_after_s}.
 # The same arithmetic as ``gateway.middleware.ratelimit.take``.  Numbers go back as strings:
@@ -66,13 +67,8 @@ return {allowed, tostring(retry)}
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and ``repr``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+    """``url`` without its credentials, for logs and ``repr`` (``gateway.redaction``)."""
+    return redaction.redact_url(url)
 
 
 class RedisStore:

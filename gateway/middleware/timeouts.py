@@ -27,17 +27,17 @@ idle timeout.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.logs import get_logger
 from gateway.responses import send_text
 from gateway.watchdog import Watchdog, tick_for
 
 __all__ = ["TimeoutsMiddleware", "check_deadlines", "has_request_body"]
 
-logger = logging.getLogger("gateway.timeouts")
+logger = get_logger("gateway.timeouts")
 
 # asyncio runs a timer (the watchdog's tick) up to one clock tick early
 # (BaseEventLoop._run_once): a deadline that close counts as passed.

@@ -11,7 +11,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
+from gateway.refusals import refused
+
 __all__ = [
+    "CLIENT_TRUST_HEADERS",
     "HOP_BY_HOP_HEADERS",
     "PROTECTED_REQUEST_HEADERS",
     "ForwardingOptions",
@@ -45,6 +48,30 @@ FORWARDING_HEADERS = frozenset(
 )
 # The gateway answers ``Expect: 100-continue`` itself (uvicorn sends the 100).
 REQUEST_ONLY_DROPPED = frozenset({b"expect"})
+# Headers some frameworks and CDNs treat as the client's address, scheme or URL: taken from
+# a peer that is not a trusted proxy, a client could claim any of them.
+CLIENT_TRUST_HEADERS = frozenset(
+    {
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-forwarded-ssl",
+        b"x-forwarded-scheme",
+        b"x-forwarded-server",
+        b"x-forwarded-uri",
+        b"x-original-forwarded-for",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-originating-ip",
+        b"x-remote-ip",
+        b"x-remote-addr",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-host",
+    }
+)
 # What a client can never have removed by naming it in Connection: what identifies or
 # frames the request, and what the gateway itself vouches for (RFC 9110 7.6.1 lets a
 # proxy refuse such nominations). ``ForwardingOptions.protected`` adds more.
@@ -73,6 +100,11 @@ class ForwardingOptions:
     # Header names a client cannot have removed through Connection, besides
     # PROTECTED_REQUEST_HEADERS (lower case: the request id header, operator-set headers).
     protected: frozenset[bytes] = frozenset()
+    # Dropped from peers that are not trusted proxies (lower case).
+    strip_untrusted: frozenset[bytes] = CLIENT_TRUST_HEADERS
+    # Names with "_" are dropped (nginx underscores_in_headers off): WSGI/CGI backends
+    # read X_Forwarded_For as HTTP_X_FORWARDED_FOR, beside the gateway's X-Forwarded-For.
+    keep_underscores: bool = False
 
 
 def strip_hop_by_hop(
@@ -151,10 +183,15 @@ def request_headers(
     (``http``/``https``), ``upstream_host`` the backend's host[:port] for a request
     without Host or when the route overrides it.
     """
+    trusted = _is_trusted(peer, options.trusted_proxies)
     drop = REQUEST_ONLY_DROPPED | FORWARDING_HEADERS
+    if not trusted:
+        drop |= options.strip_untrusted
     incoming = list(headers)
     out = strip_hop_by_hop(incoming, drop, PROTECTED_REQUEST_HEADERS | options.protected)
-    trusted = _is_trusted(peer, options.trusted_proxies)
+    if not options.keep_underscores and any(b"_" in name for name, _ in out):
+        out = [(name, value) for name, value in out if b"_" not in name]
+        refused("underscore_header", peer, "dropped a header name with '_' from %s", peer)
     old = {name: value for name, value in incoming if name in FORWARDING_HEADERS}
     xff = [value for name, value in incoming if name == b"x-forwarded-for"]
     chain, real_ip = client_chain(peer, xff, options.trusted_proxies)

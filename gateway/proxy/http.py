@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +19,7 @@ import httpx
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.lifespan import serve_lifespan
+from gateway.logs import get_logger
 from gateway.proxy.forwarding import (
     ForwardingOptions,
     request_headers,
@@ -32,7 +32,7 @@ from gateway.upstream import Peer, Upstream, client_address, failure_kind, may_r
 
 __all__ = ["DEFAULT_TIMEOUT", "UPSTREAM_ERROR_STATE_KEY", "ReverseProxy", "error_status"]
 
-logger = logging.getLogger("gateway.proxy")
+logger = get_logger("gateway.proxy")
 
 # nginx's proxy_connect_timeout / proxy_read_timeout / proxy_send_timeout.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=60.0, pool=5.0)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import ssl
 import time
 from collections.abc import Coroutine
@@ -47,6 +46,7 @@ from websockets.frames import CloseCode
 from websockets.typing import Subprotocol
 
 from gateway.lifespan import serve_lifespan
+from gateway.logs import get_logger
 from gateway.proxy.forwarding import ForwardingOptions
 from gateway.proxy.websocket_backend import BackendLeg, LegOptions, open_backend_leg
 from gateway.proxy.websocket_rules import (
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WebSocketProxy", "is_websocket_upgrade", "wire_max_size"]
 
-logger = logging.getLogger("gateway.websocket")
+logger = get_logger("gateway.websocket")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import ssl
 import time
@@ -13,6 +12,7 @@ from typing import Literal
 
 import httpx
 
+from gateway.logs import get_logger
 from gateway.transport import UpstreamTransport
 from gateway.upstream._balance import (
     hash_seed,
@@ -29,7 +29,7 @@ from gateway.upstream._tls import client_ssl_context
 
 __all__ = ["Balance", "Upstream"]
 
-logger = logging.getLogger("gateway.upstream")
+logger = get_logger("gateway.upstream")
 
 Balance = Literal["round_robin", "least_conn", "ip_hash"]
 

@@ -141,7 +141,7 @@ def test_json_line_is_one_object_with_every_field() -> None:
          b"&X-Amz-Signature=***&X-Amz-Credential=***"),
         (b"%74oken=hidden&ok=1", b"%74oken=***&ok=1"),
         (b"session+id=s1", b"session+id=***"),
-        (b"code=oauth-code&state=xyz", b"code=***&state=xyz"),
+        (b"code=oauth-code&state=xyz", b"code=***&state=***"),  # OAuth state: a CSRF secret
         (b"secret", b"secret"),  # a bare name carries no value to hide
         (b"jwt=a.b.c&jwt=d.e.f", b"jwt=***&jwt=***"),
     ],
