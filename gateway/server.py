@@ -168,6 +168,7 @@ def uvicorn_config(
         # websockets checks the limit on compressed frames, which deflate can make a
         # little larger than the message; the bridge enforces the exact limit itself.
         ws_max_size=wire_max_size(settings.websocket.max_message_bytes),
+        ws_per_message_deflate=settings.websocket.compression,
         ws_ping_interval=settings.websocket.ping_interval_s,
         ws_ping_timeout=settings.websocket.ping_timeout_s,
         h11_max_incomplete_event_size=settings.limits.max_header_bytes,

@@ -112,6 +112,12 @@ def check_upstream_url(url: str) -> None:
         )
     if not parts.hostname:
         raise ValueError(f"upstream {url!r}: no host")
+    if parts.username is not None or parts.password is not None:
+        # Never sent by the proxy, and they would show wherever the URL is shown.
+        raise ValueError(
+            "upstream URLs cannot carry credentials (user:password@); send them with"
+            ' headers.request_set, e.g. { "Authorization" = "Basic ..." }'
+        )
     if parts.query or parts.fragment:
         raise ValueError(f"upstream {url!r}: must not have a query or fragment")
     try:
@@ -258,6 +264,10 @@ class AuthSettings(_Section):
     bearer_tokens: list[str] = Field(default_factory=list)
     realm: str = "gateway"
     forward_authorization: bool = False
+    # Basic auth: failed attempts per client address within failure_window_s before 429,
+    # checked before the (deliberately slow) password hash is computed.
+    max_failures: int = Field(10, ge=1)
+    failure_window_s: float = Field(60.0, gt=0)
 
     @model_validator(mode="after")
     def _one_scheme(self) -> AuthSettings:
@@ -403,6 +413,10 @@ class WebSocketSettings(_Section):
     max_message_bytes: int = Field(1024 * 1024, ge=1)
     ping_interval_s: float | None = Field(20.0, gt=0)
     ping_timeout_s: float | None = Field(20.0, gt=0)
+    # permessage-deflate with clients. max_message_bytes bounds a message after
+    # decompression (a 1 KB frame may inflate to 1 MiB, never more); false turns it off
+    # (no inflation work at all, more bytes on the wire).
+    compression: bool = True
 
 
 class LogSettings(_Section):

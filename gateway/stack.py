@@ -158,7 +158,14 @@ class StackBuilder:
         if auth is not None:
             # Settings allow exactly one of the two schemes.
             gate, credentials = (
-                (BasicAuthMiddleware, {"users": auth.basic_users})
+                (
+                    BasicAuthMiddleware,
+                    {
+                        "users": auth.basic_users,
+                        "max_failures": auth.max_failures,
+                        "failure_window_s": auth.failure_window_s,
+                    },
+                )
                 if auth.basic_users
                 else (BearerTokenMiddleware, {"tokens": auth.bearer_tokens})
             )

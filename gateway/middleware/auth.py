@@ -17,6 +17,10 @@ A slow hash is the point of a password hash, and Basic auth sends the password w
 every request, so verification runs in a worker thread (the event loop keeps serving)
 and a successful check is remembered for ``cache_ttl_s`` under a keyed digest of the
 credentials, as Caddy does.  Unknown users cost the same work as wrong passwords.
+Since every wrong password costs a hash, a slow hash is also a lever on the gateway's
+CPU: a client address with ``max_failures`` failures within ``failure_window_s`` gets
+429 before any hash is computed, and at most ``max_concurrent_hashes`` hashes run at a
+time (a longer queue is refused with 429) - remembered good credentials never wait.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import secrets
 import string
 import time
@@ -40,6 +45,8 @@ from gateway.responses import send_text
 __all__ = [
     "BasicAuthMiddleware",
     "BearerTokenMiddleware",
+    "FailureLimiter",
+    "TooManyFailures",
     "hash_password",
     "parse_basic",
     "token_matches",
@@ -122,6 +129,53 @@ def _check_realm(realm: str | None) -> None:
         raise ValueError(f"realm: {realm!r} must be printable ASCII without quotes or backslashes")
 
 
+class TooManyFailures(Exception):
+    """A client has failed too often (or the hashing queue is full): answer 429."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class FailureLimiter:
+    """Failed attempts per client address: ``max_failures`` within ``window_s`` block the
+    address until the window of its first counted failure has passed. Remembers at most
+    ``max_clients`` addresses (the oldest forgotten first). Pure: the caller gives the time.
+    """
+
+    def __init__(self, max_failures: int, window_s: float, max_clients: int = 10_000) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.max_clients = max_clients
+        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def blocked(self, address: str, now: float) -> bool:
+        """Whether ``address`` may not try again before its window ends."""
+        entry = self._failures.get(address)
+        if entry is None:
+            return False
+        started, count = entry
+        if now - started >= self.window_s:
+            del self._failures[address]
+            return False
+        return count >= self.max_failures
+
+    def retry_after_s(self, address: str, now: float) -> float:
+        """Seconds until ``address`` may try again."""
+        entry = self._failures.get(address)
+        return 0.0 if entry is None else max(0.0, entry[0] + self.window_s - now)
+
+    def failed(self, address: str, now: float) -> None:
+        """Count a failed attempt of ``address``."""
+        started, count = self._failures.get(address, (now, 0))
+        if now - started >= self.window_s:
+            started, count = now, 0
+        self._failures[address] = (started, count + 1)
+        self._failures.move_to_end(address)
+        while len(self._failures) > self.max_clients:
+            self._failures.popitem(last=False)
+
+
 class _Gate:
     """What both gates share: find the header, refuse with 401, strip and pass on."""
 
@@ -138,7 +192,11 @@ class _Gate:
         )
         challenge = self.challenge(None)
         if len(values) == 1:
-            refusal, challenge = await self.check(scope, values[0])
+            try:
+                refusal, challenge = await self.check(scope, values[0])
+            except TooManyFailures as exc:
+                await self._too_many(scope, send, exc.retry_after_s)
+                return
         if refusal is not None:
             client = scope.get("client")
             logger.info(
@@ -155,6 +213,22 @@ class _Gate:
             ]
             scope = {**scope, "headers": headers}
         await self.app(scope, receive, send)
+
+    async def _too_many(self, scope: Scope, send: Send, retry_after_s: float) -> None:
+        client = scope.get("client")
+        logger.info(
+            "auth refused: client=%s path=%s reason=too many failed attempts",
+            client[0] if client else "-",
+            scope.get("path", ""),
+        )
+        retry_after = str(max(1, math.ceil(retry_after_s))).encode()
+        await send_text(
+            scope,
+            send,
+            429,
+            "429 Too Many Requests: too many failed logins, try again later",
+            headers=[(b"retry-after", retry_after)],
+        )
 
     def challenge(self, error: str | None) -> bytes:
         raise NotImplementedError
@@ -178,6 +252,11 @@ class BasicAuthMiddleware(_Gate):
         realm: str,
         forward_authorization: bool = False,
         cache_ttl_s: float = 300.0,
+        # Failed attempts per client address within failure_window_s before 429 (checked
+        # before the hash is computed), and password hashes computed at once (all clients).
+        max_failures: int = 10,
+        failure_window_s: float = 60.0,
+        max_concurrent_hashes: int = 2,
     ) -> None:
         _check_realm(realm)
         iterations = 1
@@ -197,6 +276,14 @@ class BasicAuthMiddleware(_Gate):
         self._decoy = f"{ALGORITHM}${iterations}${secrets.token_hex(11)}$AAAA"
         self._cache_key = secrets.token_bytes(32)
         self._verified: OrderedDict[bytes, float] = OrderedDict()
+        if max_failures < 1 or failure_window_s <= 0 or max_concurrent_hashes < 1:
+            raise ValueError("max_failures, failure_window_s, max_concurrent_hashes must be > 0")
+        self.failures = FailureLimiter(max_failures, failure_window_s)
+        # Each hash is about a CPU-second's fraction; a bound keeps a flood of wrong
+        # passwords from taking every core. Waiting beyond the queue bound is refused.
+        self._hashing = asyncio.Semaphore(max_concurrent_hashes)
+        self._max_waiting = 8 * max_concurrent_hashes
+        self._waiting = 0
 
     def __repr__(self) -> str:
         return f"BasicAuthMiddleware(users={sorted(self.users)!r}, realm={self.realm!r})"
@@ -209,23 +296,40 @@ class BasicAuthMiddleware(_Gate):
         if credentials is None:
             return "malformed Basic credentials", self.challenge(None)
         user, password = credentials
-        if not await self._verify(user, password):
-            return "wrong user or password", self.challenge(None)
+        client = scope.get("client")
+        address = client[0] if client else "-"
+        if not self._cached(user, password):
+            now = time.monotonic()
+            if self.failures.blocked(address, now):
+                raise TooManyFailures(self.failures.retry_after_s(address, now))
+            if self._waiting >= self._max_waiting:
+                raise TooManyFailures(1.0)
+            if not await self._verify(user, password):
+                self.failures.failed(address, time.monotonic())
+                return "wrong user or password", self.challenge(None)
         scope.setdefault("state", {})["user"] = user
         return None, b""
+
+    def _cached(self, user: str, password: str) -> bool:
+        """A recent success with these credentials: no hash needed."""
+        key = hmac.digest(self._cache_key, f"{user}\0{password}".encode(), "sha256")
+        expires = self._verified.get(key)
+        if expires is not None and expires > time.monotonic() and user in self.users:
+            self._verified.move_to_end(key)
+            return True
+        return False
 
     async def _verify(self, user: str, password: str) -> bool:
         key = hmac.digest(self._cache_key, f"{user}\0{password}".encode(), "sha256")
         now = time.monotonic()
-        expires = self._verified.get(key)
-        if expires is not None and expires > now and user in self.users:
-            self._verified.move_to_end(key)
-            return True
         encoded = self.users.get(user, self._decoy)
-        if (
-            not await asyncio.to_thread(verify_password, password, encoded)
-            or user not in self.users
-        ):
+        self._waiting += 1
+        try:
+            async with self._hashing:
+                ok = await asyncio.to_thread(verify_password, password, encoded)
+        finally:
+            self._waiting -= 1
+        if not ok or user not in self.users:
             return False
         if self.cache_ttl_s > 0:
             self._verified[key] = now + self.cache_ttl_s

@@ -102,6 +102,8 @@ class ReverseProxy:
             parts = urlsplit(upstream)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError(f"upstream {upstream!r} must be an absolute http(s) URL")
+            if parts.username is not None or parts.password is not None:
+                raise ValueError("upstream URLs cannot carry credentials (user:password@)")
             self.upstream = upstream_url = upstream.rstrip("/")
             self._base_path = parts.path.rstrip("/").encode("utf-8")
             self._upstream_host = parts.netloc.encode("idna")
