@@ -9,7 +9,7 @@ Who reports what, without importing this module (plain values and duck typing):
   answered: status, latency.  If an inner layer puts ``scope["state"]["upstream_error"]``
   - the exception caught talking to the backend, a kind string such as
   ``"no_healthy_target"``, or a list of those (one per failed attempt when the proxy
-  retried) - each counts as an upstream error of its kind (``upstream_error_kind``).
+  retried) - each counts as an upstream error of its kind (``gateway.failures.metrics_label``).
 - A WebSocket bridge calls a *session observer* (``metrics.route(name)``, see
   ``SessionObserver``): ``websocket_opened()`` after accepting the client,
   ``websocket_closed(...)`` when the session ends, ``upstream_error(exc)`` when the
@@ -66,11 +66,11 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from gateway import refusals
+from gateway.failures import metrics_label
 from gateway.redaction import redact_text
-from gateway.upstream import TargetStatus, failure_kind
+from gateway.upstream import TargetStatus
 
 __all__ = [
     "LATENCY_BUCKETS_S",
@@ -82,7 +82,6 @@ __all__ = [
     "SessionObserver",
     "redact_secrets",
     "route_label",
-    "upstream_error_kind",
 ]
 
 # nginx-like latencies: sub-millisecond proxying up to the 60 s read timeout.
@@ -96,31 +95,6 @@ _RATE_WINDOW_S = 10.0
 def route_label(prefix: str, hosts: Iterable[str] = ()) -> str:
     """The ``route`` label of a route: ``"example.com,*.example.com/api"``, or the prefix."""
     return ",".join(hosts) + prefix
-
-
-def upstream_error_kind(error: BaseException | str) -> str:
-    """A short, bounded label for a backend failure (a string is a kind already).
-
-    The names are those of the upstream retry rules (``gateway.upstream``), plus
-    ``refused`` (a WebSocket backend answered the handshake with a non-101 status) and
-    ``other``; reporters may pass their own kind, such as ``"no_healthy_target"``.
-    """
-    if isinstance(error, str):
-        return error
-    kind = failure_kind(error)  # the HTTP client's errors
-    if kind is not None:
-        return kind
-    if isinstance(error, TimeoutError):
-        return "timeout"
-    if isinstance(error, ConnectionRefusedError):
-        return "connect_error"
-    if isinstance(error, OSError):
-        return "error"
-    if isinstance(error, InvalidStatus):
-        return "refused"
-    if isinstance(error, InvalidHandshake):
-        return "invalid_response"
-    return "other"
 
 
 def redact_secrets(text: str) -> str:
@@ -194,7 +168,7 @@ class RouteMetrics:
 
     def upstream_error(self, error: BaseException | str) -> None:
         """Count a failure talking to the backend and keep it for the status page."""
-        kind = upstream_error_kind(error)
+        kind = metrics_label(error)
         self.metrics.upstream_errors.labels(self.route, kind).inc()
         self.upstream_errors += 1
         self.metrics.record_error(self.route, kind, _error_message(error))

@@ -25,7 +25,6 @@ from gateway.metrics import (
     MetricsMiddleware,
     redact_secrets,
     route_label,
-    upstream_error_kind,
 )
 from gateway.middleware.request_id import RequestIdMiddleware
 from gateway.routing import Router
@@ -337,28 +336,6 @@ def test_requests_per_second_from_successive_reads() -> None:
     metrics.snapshot()
     now[0] += 2
     assert metrics.snapshot()["requests_per_s"] == 0
-
-
-@pytest.mark.parametrize(
-    ("error", "kind"),
-    [
-        (httpx.ConnectError("x"), "connect_error"),
-        (httpx.ConnectTimeout("x"), "connect_timeout"),
-        (httpx.PoolTimeout("x"), "pool_timeout"),
-        (httpx.ReadTimeout("x"), "timeout"),
-        (httpx.WriteTimeout("x"), "timeout"),
-        (httpx.ReadError("x"), "error"),
-        (httpx.RemoteProtocolError("x"), "invalid_response"),
-        (httpx.LocalProtocolError("x"), "other"),
-        (TimeoutError(), "timeout"),
-        (ConnectionRefusedError(), "connect_error"),
-        (ConnectionResetError(), "error"),
-        (ValueError("x"), "other"),
-        ("no_healthy_target", "no_healthy_target"),
-    ],
-)
-def test_upstream_error_kind(error: BaseException | str, kind: str) -> None:
-    assert upstream_error_kind(error) == kind
 
 
 def test_redact_secrets_in_messages() -> None:

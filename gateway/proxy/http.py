@@ -2,7 +2,7 @@
 
 Bodies stream both ways with bounded memory; headers follow the rules in
 ``forwarding``; backend failures become 502/504 with a short body, in one place
-(``error_status``). The backend is one URL, or an `Upstream` of several targets: then
+(``gateway.failures``). The backend is one URL, or an `Upstream` of several targets: then
 each request goes to the target its balancing policy picks, failed attempts move on to
 the next target where ``gateway.upstream`` allows it, and no available target is a 503.
 """
@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.failures import failure_kind, http_status
 from gateway.lifespan import serve_lifespan
 from gateway.logs import get_logger
 from gateway.proxy.forwarding import (
@@ -28,9 +29,9 @@ from gateway.proxy.forwarding import (
 )
 from gateway.responses import send_text
 from gateway.transport import UpstreamTransport
-from gateway.upstream import Peer, Upstream, client_address, failure_kind, may_retry
+from gateway.upstream import Peer, Upstream, client_address, may_retry
 
-__all__ = ["DEFAULT_TIMEOUT", "UPSTREAM_ERROR_STATE_KEY", "ReverseProxy", "error_status"]
+__all__ = ["DEFAULT_TIMEOUT", "UPSTREAM_ERROR_STATE_KEY", "ReverseProxy"]
 
 logger = get_logger("gateway.proxy")
 
@@ -48,15 +49,6 @@ class RequestBodyTooLarge(Exception):
 
 class ClientDisconnected(Exception):
     """The client went away while its request body was being read."""
-
-
-def error_status(exc: Exception) -> int:
-    """The status a client gets for a failure talking to the backend."""
-    if isinstance(exc, httpx.PoolTimeout):
-        return 503
-    if isinstance(exc, httpx.TimeoutException):
-        return 504
-    return 502
 
 
 def default_transport(timeout: httpx.Timeout) -> httpx.AsyncBaseTransport:
@@ -201,7 +193,7 @@ class ReverseProxy:
         except ClientDisconnected:
             return
         except httpx.HTTPError as exc:
-            status = error_status(exc)
+            status = http_status(exc)
             _note_error(scope, exc)
             logger.warning(
                 "%s %s -> %s failed: %s: %s",
@@ -303,7 +295,7 @@ class ReverseProxy:
                 pool.release(peer)
             return
         if last_error is not None:  # the last attempt's failure is the answer
-            status = error_status(last_error)
+            status = http_status(last_error)
             if peer is None:
                 logger.warning(
                     "%s %s -> upstream %r: no other target available",

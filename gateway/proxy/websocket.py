@@ -45,6 +45,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.frames import CloseCode
 from websockets.typing import Subprotocol
 
+from gateway.failures import failure_kind
 from gateway.lifespan import serve_lifespan
 from gateway.logs import get_logger
 from gateway.proxy.forwarding import ForwardingOptions
@@ -55,7 +56,6 @@ from gateway.proxy.websocket_rules import (
     accept_headers,
     backend_target,
     gateway_error,
-    handshake_failure_kind,
     handshake_headers,
     is_websocket_upgrade,
     map_backend_error,
@@ -477,7 +477,7 @@ class _Session:
             except Exception as exc:  # the websockets -> HTTP boundary: see map_backend_error
                 pool.release(peer)
                 self._report(exc)
-                kind = handshake_failure_kind(exc)
+                kind = failure_kind(exc)
                 if kind is None:  # the backend's refusal, passed on as it is; or a bug
                     if isinstance(exc, InvalidStatus):
                         pool.succeeded(peer)

@@ -20,7 +20,7 @@ message over ``max_message_bytes``         1009 on both legs, whichever leg sent
 failures are HTTP responses: the backend's refusal is passed on with its status,
 headers and body; unreachable -> 502; handshake timeout -> 504; no available target of
 an upstream -> 503 with Retry-After.  With several targets, a handshake that failed
-without an answer (``handshake_failure_kind`` is not None) may go to the next target.
+without an answer (``gateway.failures.failure_kind`` is not None) may go to the next target.
 """
 
 from __future__ import annotations
@@ -33,12 +33,11 @@ from starlette.types import Scope
 from websockets.datastructures import Headers as WsHeaders
 from websockets.exceptions import (
     ConnectionClosed,
-    InvalidHandshake,
     InvalidStatus,
-    WebSocketException,
 )
 from websockets.frames import CloseCode
 
+from gateway.failures import failure_kind, http_status
 from gateway.proxy.forwarding import (
     ForwardingOptions,
     Headers,
@@ -53,7 +52,6 @@ __all__ = [
     "accept_headers",
     "backend_target",
     "gateway_error",
-    "handshake_failure_kind",
     "handshake_headers",
     "is_websocket_upgrade",
     "map_backend_error",
@@ -200,35 +198,19 @@ def map_backend_error(exc: BaseException) -> BackendFailure:
             tuple(headers),
             bytes(response.body),
         )
-    if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
-        return gateway_error(504, "WebSocket backend timed out", CloseCode.BAD_GATEWAY)
-    if isinstance(exc, OSError):
-        return gateway_error(502, "WebSocket backend unreachable", CloseCode.BAD_GATEWAY)
-    if isinstance(exc, InvalidHandshake):
-        return gateway_error(
-            502, "WebSocket backend sent an invalid handshake", CloseCode.BAD_GATEWAY
-        )
-    return gateway_error(502, "WebSocket backend error")
+    # No answer from the backend: the status and text follow gateway.failures' kind.
+    kind = failure_kind(exc)
+    text = _NO_ANSWER.get(kind, "WebSocket backend error") if kind is not None else None
+    if text is None:
+        return gateway_error(502, "WebSocket backend error")
+    return gateway_error(http_status(exc), text, CloseCode.BAD_GATEWAY)
 
 
-def handshake_failure_kind(exc: BaseException) -> str | None:
-    """The upstream failure kind of a backend handshake that failed without an answer.
-
-    None for the backend's answer (``InvalidStatus``: a refusal, passed on as it is)
-    and for errors that are not the backend's (bugs).  The opening handshake is a GET
-    without a body and the client is not accepted yet, so every failure with a kind
-    may be tried again on another target.  The names are those of
-    ``gateway.upstream.failure_kind``.
-    """
-    if isinstance(exc, InvalidStatus):
-        return None
-    if isinstance(exc, TimeoutError):  # open_timeout: connecting or the handshake
-        return "timeout"
-    if isinstance(exc, OSError):  # refused, unreachable, TLS
-        return "connect_error"
-    if isinstance(exc, WebSocketException):  # not a WebSocket answer, or the connection broke
-        return "invalid_response"
-    return None
+_NO_ANSWER = {
+    "timeout": "WebSocket backend timed out",
+    "connect_error": "WebSocket backend unreachable",
+    "invalid_response": "WebSocket backend sent an invalid handshake",
+}
 
 
 def no_target_available(retry_after_s: int) -> BackendFailure:

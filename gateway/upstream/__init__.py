@@ -19,17 +19,12 @@ Modules: ``_config`` (value objects), ``_balance`` (pure picking functions),
 active health probe), ``_upstream`` (the `Upstream` that ties them together).
 """
 
+from gateway.failures import FailureKind, failure_kind
 from gateway.upstream._balance import highest_random_weight, least_connections, smooth_weighted
 from gateway.upstream._config import BALANCE_POLICIES, HealthCheck, Target
 from gateway.upstream._health import PassiveHealth, ProbeHealth
 from gateway.upstream._peer import Peer, TargetStatus, client_address
-from gateway.upstream._retry import (
-    IDEMPOTENT_METHODS,
-    FailureKind,
-    counts_as_failure,
-    failure_kind,
-    may_retry,
-)
+from gateway.upstream._retry import IDEMPOTENT_METHODS, counts_as_failure, may_retry
 from gateway.upstream._tls import client_ssl_context
 from gateway.upstream._upstream import Balance, Upstream
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
+from gateway.failures import FailureKind
 from gateway.upstream._config import Target
 from gateway.upstream._health import PassiveHealth, ProbeHealth
-from gateway.upstream._retry import FailureKind
 
 __all__ = ["Peer", "TargetStatus", "client_address"]
 

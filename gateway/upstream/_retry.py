@@ -1,5 +1,5 @@
 """When a failed HTTP attempt may go to the next target (pure rules, like nginx's
-``proxy_next_upstream error timeout``, the default).
+``proxy_next_upstream error timeout``, the default). The kinds are ``gateway.failures``'.
 
 =====================================  =================  =========================
 failure (httpx exception)              kind               retried on the next target
@@ -22,44 +22,14 @@ the gateway, not a fault of the target) counts against the target's passive heal
 
 from __future__ import annotations
 
-from typing import Literal
+from gateway.failures import FailureKind
 
-import httpx
-
-__all__ = [
-    "IDEMPOTENT_METHODS",
-    "NOT_SENT",
-    "FailureKind",
-    "counts_as_failure",
-    "failure_kind",
-    "may_retry",
-]
-
-FailureKind = Literal[
-    "connect_error", "connect_timeout", "pool_timeout", "timeout", "error", "invalid_response"
-]
+__all__ = ["IDEMPOTENT_METHODS", "NOT_SENT", "counts_as_failure", "may_retry"]
 
 # RFC 9110 9.2.2.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Failures that happen before a single byte of the request left for the target.
 NOT_SENT: frozenset[FailureKind] = frozenset({"connect_error", "connect_timeout", "pool_timeout"})
-
-
-def failure_kind(exc: BaseException) -> FailureKind | None:
-    """What kind of target failure ``exc`` is; None if the target is not to blame."""
-    if isinstance(exc, httpx.PoolTimeout):
-        return "pool_timeout"
-    if isinstance(exc, httpx.ConnectTimeout):
-        return "connect_timeout"
-    if isinstance(exc, httpx.ConnectError):
-        return "connect_error"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "invalid_response"
-    if isinstance(exc, httpx.NetworkError):
-        return "error"
-    return None
 
 
 def counts_as_failure(kind: str | None) -> bool:

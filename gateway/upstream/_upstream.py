@@ -12,6 +12,7 @@ from typing import Literal
 
 import httpx
 
+from gateway.failures import FailureKind
 from gateway.logs import get_logger
 from gateway.transport import UpstreamTransport
 from gateway.upstream._balance import (
@@ -24,7 +25,7 @@ from gateway.upstream._config import HealthCheck, Target, check_upstream_options
 from gateway.upstream._health import PassiveHealth, ProbeHealth
 from gateway.upstream._peer import Peer, TargetStatus
 from gateway.upstream._probe import probe_once
-from gateway.upstream._retry import FailureKind, counts_as_failure
+from gateway.upstream._retry import counts_as_failure
 from gateway.upstream._tls import client_ssl_context
 
 __all__ = ["Balance", "Upstream"]
@@ -209,7 +210,7 @@ class Upstream:
             self._health_changed(peer, True)
 
     def failed(self, peer: Peer, kind: FailureKind | str, detail: str = "") -> None:
-        """The attempt on ``peer`` failed with ``kind`` (see ``_retry.failure_kind``).
+        """The attempt on ``peer`` failed with ``kind`` (see ``gateway.failures``).
 
         Failures are counted for a lone target too: it stays in rotation (there is no
         other), but it counts as down for readiness until ``fail_timeout_s`` has passed
