@@ -181,6 +181,8 @@ def build_gateway(settings: Settings, metrics: Metrics | None = None) -> Gateway
                 timeout=_timeout(timeouts),
                 forwarding=_forwarding(settings, route),
                 rewrite_location=settings.forwarding.rewrite_location,
+                pass_date_server=settings.forwarding.pass_date_server,
+                websocket=False,  # the route's bridge below takes upgrades, with its stack
             )
             http_app = builder.wrap(proxy, route, index)
         if upstream is not None and route.websocket:

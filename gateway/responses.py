@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from email.utils import formatdate
 from http import HTTPStatus
 
 from starlette.types import Scope, Send
@@ -39,7 +38,7 @@ async def send_text(
         "headers": [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
-            (b"date", formatdate(usegmt=True).encode()),
+            # No Date: the server adds its own (one per response).
             *headers,
         ],
     }

@@ -160,9 +160,11 @@ def uvicorn_config(
         lifespan="on",
         ssl_certfile=str(pair.certfile) if pair else None,
         ssl_keyfile=str(pair.keyfile) if pair else None,
-        # The backend's Date and Server pass through; uvicorn adding its own would duplicate them.
+        # One Date and one Server per response: the gateway's (the proxy drops the
+        # backend's), or with forwarding.pass_date_server the backend's alone.
         server_header=False,
-        date_header=False,
+        date_header=not settings.forwarding.pass_date_server,
+        headers=[] if settings.forwarding.pass_date_server else [("server", "gateway")],
         # Forwarding headers are the gateway's own business (trusted_proxies).
         proxy_headers=False,
         # websockets checks the limit on compressed frames, which deflate can make a

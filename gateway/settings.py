@@ -173,6 +173,9 @@ class ForwardingSettings(_Section):
     )
     # Header names with "_" are dropped (nginx: underscores_in_headers off).
     keep_underscore_headers: bool = False
+    # The backend's Date and Server are replaced by the gateway's (as nginx does); true
+    # passes them on, and the gateway adds none (its own answers then carry no Date).
+    pass_date_server: bool = False
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -236,14 +236,15 @@ def response_headers(
     upstream_base: str | None = None,
     public_base: str | None = None,
     via: bool = False,
+    drop: frozenset[bytes] = frozenset(),
 ) -> Headers:
-    """Headers to send to the client for a backend response.
+    """Headers to send to the client for a backend response, without ``drop``.
 
     Location and Refresh that point at ``upstream_base`` are rewritten to
     ``public_base`` (nginx ``proxy_redirect default``).
     """
     # Clients of httpx see names as the backend spelled them; ASGI wants lower case.
-    out = strip_hop_by_hop((name.lower(), value) for name, value in headers)
+    out = strip_hop_by_hop(((name.lower(), value) for name, value in headers), drop)
     if upstream_base is not None and public_base is not None:
         out = [
             (name, rewrite_location(value, upstream_base, public_base))

@@ -1,10 +1,12 @@
-"""ReverseProxy: an ASGI app that forwards each HTTP exchange to a backend over httpx.
+"""ReverseProxy: an ASGI app that forwards each HTTP exchange to a backend over httpx,
+and hands WebSocket upgrades to a `WebSocketProxy` for the same backend.
 
 Bodies stream both ways with bounded memory; headers follow the rules in
-``forwarding``; backend failures become 502/504 with a short body, in one place
-(``gateway.failures``). The backend is one URL, or an `Upstream` of several targets: then
-each request goes to the target its balancing policy picks, failed attempts move on to
-the next target where ``gateway.upstream`` allows it, and no available target is a 503.
+``forwarding``; backend failures become 502/503/504 with a short body
+(``gateway.failures``). The backend is an `Upstream` - a URL is one of a single target -
+so every request takes one path: the target its balancing policy picks, failed attempts
+moving on to the next target where ``gateway.upstream`` allows it, and no available
+target a 503.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from gateway.proxy.forwarding import (
     response_headers,
     strip_root_path,
 )
+from gateway.proxy.websocket import WebSocketProxy
 from gateway.responses import send_text
 from gateway.transport import UpstreamTransport
 from gateway.upstream import Peer, Upstream, client_address, may_retry
@@ -51,6 +54,20 @@ class ClientDisconnected(Exception):
     """The client went away while its request body was being read."""
 
 
+# The server sends its own (nginx drops the backend's too): never two of either.
+_DATE_SERVER = frozenset({b"date", b"server"})
+
+
+def _checked_url(url: str) -> str:
+    """``url`` as a target: an absolute http(s) URL without credentials."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"upstream {url!r} must be an absolute http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("upstream URLs cannot carry credentials (user:password@)")
+    return url.rstrip("/")
+
+
 def default_transport(timeout: httpx.Timeout) -> httpx.AsyncBaseTransport:
     """The transport used when none is given: the gateway's lean HTTP/1.1 client."""
     return UpstreamTransport(
@@ -62,14 +79,22 @@ def default_transport(timeout: httpx.Timeout) -> httpx.AsyncBaseTransport:
 
 
 class ReverseProxy:
-    """Forward HTTP requests to ``upstream``: ``http[s]://host[:port][/base]`` or an `Upstream`.
+    """Proxy HTTP requests and WebSocket sessions to ``upstream``: an
+    ``http[s]://host[:port][/base]`` URL (a pool of one target) or an `Upstream`.
 
-    Usable on its own (``uvicorn module:proxy``) or mounted under a prefix in any
-    ASGI app: the mount prefix (``root_path``) is removed before forwarding.  With a
-    URL it needs no lifespan events: the transport is created on first use and closed
-    by ``aclose()``.  An `Upstream` brings its own transport (``transport`` must then
-    be None) and is started and closed by its owner, or by this app's lifespan events
-    when it runs on its own.
+    The whole of an nginx ``location`` with ``proxy_pass``: HTTP requests go through
+    httpx, WebSocket upgrades are bridged to the same targets as ``ws[s]://`` (by a
+    `WebSocketProxy`, made on the first upgrade; ``websocket=False`` refuses upgrades).
+    Usable on its own (``uvicorn module:proxy``) or mounted under a prefix in any ASGI
+    app: the mount prefix (``root_path``) is removed before forwarding.
+
+    With a URL it needs no lifespan events: ``aclose()`` closes what it opened. An
+    `Upstream` (``transport`` must then be None) is started and closed by its owner, or
+    by this app's lifespan events when it runs on its own.
+
+    The backend's ``Date`` and ``Server`` headers are dropped, as nginx does, so that the
+    server's own are the only ones (``pass_date_server=True`` passes them on; then run
+    the server without its own).
     """
 
     def __init__(
@@ -81,140 +106,84 @@ class ReverseProxy:
         forwarding: ForwardingOptions | None = None,
         max_body_bytes: int | None = None,
         rewrite_location: bool = True,
+        pass_date_server: bool = False,
+        websocket: bool | WebSocketProxy = True,
     ) -> None:
-        self.pool: Upstream | None = None
-        self.upstream: str | Upstream
+        self.upstream = upstream
         if isinstance(upstream, Upstream):
             if transport is not None:
                 raise ValueError("an Upstream brings its transport: pass it to Upstream(...)")
-            self.pool = self.upstream = upstream
-            self._endpoints = [_Endpoint(peer) for peer in upstream.peers]
-            upstream_url = ""
+            self.pool = upstream
+            self._owns_pool = False
         else:
-            parts = urlsplit(upstream)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"upstream {upstream!r} must be an absolute http(s) URL")
-            if parts.username is not None or parts.password is not None:
-                raise ValueError("upstream URLs cannot carry credentials (user:password@)")
-            self.upstream = upstream_url = upstream.rstrip("/")
-            self._base_path = parts.path.rstrip("/").encode("utf-8")
-            self._upstream_host = parts.netloc.encode("idna")
-            self._origin_url = httpx.URL(f"{parts.scheme}://{parts.netloc}/")
-        self._upstream_url = upstream_url
-        self._transport = transport
-        self._owns_transport = transport is None
+            self.pool = Upstream(
+                [_checked_url(upstream)],
+                name=upstream.rstrip("/"),
+                transport=transport if transport is not None else default_transport(timeout),
+            )
+            self._owns_pool = True
+            self._owns_transport = transport is None
+        self._endpoints = [_Endpoint(peer) for peer in self.pool.peers]
         self.timeout = timeout
         self._timeout_ext = timeout.as_dict()
         self.forwarding = forwarding if forwarding is not None else ForwardingOptions()
         self.max_body_bytes = max_body_bytes
         self.rewrite_location = rewrite_location
+        self.pass_date_server = pass_date_server
+        self._websocket_option = websocket
+        self._websocket: WebSocketProxy | None = (
+            websocket if isinstance(websocket, WebSocketProxy) else None
+        )
 
     def __repr__(self) -> str:
         return f"ReverseProxy({self.upstream!r})"
 
     @property
     def transport(self) -> httpx.AsyncBaseTransport:
-        """The transport to the backend, created on first use."""
-        if self.pool is not None:
-            return self.pool.transport
-        if self._transport is None:
-            self._transport = default_transport(self.timeout)
-        return self._transport
+        """The HTTP transport to the backend (the pool's)."""
+        return self.pool.transport
+
+    @property
+    def websocket(self) -> WebSocketProxy | None:
+        """The bridge for WebSocket upgrades to the same targets (None: upgrades refused)."""
+        if self._websocket is None and self._websocket_option is True:
+            self._websocket = WebSocketProxy(
+                self.pool,
+                forwarding=self.forwarding,
+                open_timeout_s=self.timeout.connect or 5.0,
+            )
+        return self._websocket
 
     async def aclose(self) -> None:
-        """Close the transport if this proxy created it (an `Upstream` is closed by its owner)."""
-        if self._transport is not None and self._owns_transport:
-            await self._transport.aclose()
-            self._transport = None
+        """Close what this proxy opened for a URL (an `Upstream` is closed by its owner)."""
+        if self._websocket is not None:
+            await self._websocket.shutdown()
+        if self._owns_pool:
+            await self.pool.aclose()  # the pool was given the transport: it leaves it open
+            if self._owns_transport:
+                await self.pool.transport.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if self.pool is None:
-                await self._forward(scope, receive, send)
+            await self._forward(scope, receive, send, self.pool)
+        elif scope["type"] == "websocket":
+            bridge = self.websocket
+            if bridge is None:
+                await send({"type": "websocket.close", "code": 1008})
             else:
-                await self._forward_balanced(scope, receive, send, self.pool)
+                await bridge(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "websocket":
-            # Only the WebSocket bridge may answer an upgrade; refuse it here.
-            await send({"type": "websocket.close", "code": 1008})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         async def shutdown() -> None:
             await self.aclose()
-            if self.pool is not None:
+            if not self._owns_pool:
                 await self.pool.aclose()
 
-        startup = self.pool.start if self.pool is not None else None
-        await serve_lifespan(receive, send, startup=startup, shutdown=shutdown)
+        await serve_lifespan(receive, send, startup=self.pool.start, shutdown=shutdown)
 
-    def _build_request(self, scope: Scope, receive: Receive) -> httpx.Request:
-        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
-        target = self._base_path + strip_root_path(raw_path, scope.get("root_path", ""))
-        if scope["query_string"]:
-            target += b"?" + scope["query_string"]
-        client = scope.get("client")
-        scheme = "https" if scope["scheme"] in ("https", "wss") else "http"
-        headers = request_headers(
-            scope["headers"],
-            peer=client[0] if client else None,
-            scheme=scheme,
-            upstream_host=self._upstream_host,
-            options=self.forwarding,
-        )
-        stream: httpx.AsyncByteStream | httpx.ByteStream
-        framing = _body_framing(scope["headers"])
-        if framing is None:
-            stream = httpx.ByteStream(b"")
-        else:
-            stream = _RequestBody(receive, self.max_body_bytes)
-            if framing == b"chunked":
-                # Transfer-Encoding is hop-by-hop: this leg frames the body itself.
-                headers.append((b"transfer-encoding", b"chunked"))
-        return httpx.Request(
-            scope["method"],
-            self._origin_url,
-            headers=headers,
-            stream=stream,
-            # httpx normalises dot segments in URLs; "target" keeps the path exact.
-            extensions={"timeout": self._timeout_ext, "target": target},
-        )
-
-    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.max_body_bytes is not None and _declared_length(scope) > self.max_body_bytes:
-            await send_text(scope, send, 413)
-            return
-        request = self._build_request(scope, receive)
-        try:
-            response = await self.transport.handle_async_request(request)
-        except RequestBodyTooLarge:
-            await send_text(scope, send, 413)
-            return
-        except ClientDisconnected:
-            return
-        except httpx.HTTPError as exc:
-            status = http_status(exc)
-            _note_error(scope, exc)
-            logger.warning(
-                "%s %s -> %s failed: %s: %s",
-                scope["method"],
-                scope["path"],
-                self.upstream,
-                type(exc).__name__,
-                exc,
-            )
-            await send_text(
-                scope, send, status, headers=[(b"retry-after", b"5")] if status == 503 else ()
-            )
-            return
-        try:
-            await self._respond(scope, receive, send, response, self._upstream_url)
-        finally:
-            await response.aclose()
-
-    # -- an Upstream of several targets ------------------------------------------------
-
-    def _build_target_request(
+    def _build_request(
         self,
         scope: Scope,
         endpoint: _Endpoint,
@@ -246,9 +215,7 @@ class ReverseProxy:
             extensions=extensions,
         )
 
-    async def _forward_balanced(
-        self, scope: Scope, receive: Receive, send: Send, pool: Upstream
-    ) -> None:
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, pool: Upstream) -> None:
         """Forward to the target the policy picks; move on to the next one where safe."""
         if self.max_body_bytes is not None and _declared_length(scope) > self.max_body_bytes:
             await send_text(scope, send, 413)
@@ -268,7 +235,7 @@ class ReverseProxy:
                 break
             tried.append(peer.index)
             endpoint = self._endpoints[peer.index]
-            request = self._build_target_request(scope, endpoint, body, framing == b"chunked")
+            request = self._build_request(scope, endpoint, body, framing == b"chunked")
             try:
                 response = await pool.transport.handle_async_request(request)
             except RequestBodyTooLarge:
@@ -360,6 +327,7 @@ class ReverseProxy:
             upstream_base=upstream_base if public_base is not None else None,
             public_base=public_base,
             via=self.forwarding.via,
+            drop=frozenset() if self.pass_date_server else _DATE_SERVER,
         )
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from starlette.types import Receive, Scope, Send
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import CloseCode
 from websockets.typing import Subprotocol
 
@@ -142,15 +142,11 @@ class WebSocketProxy:
         # Metrics
         observer: SessionObserver | None = None,
     ) -> None:
-        self.pool: Upstream | None = None
-        self.upstream: str | Upstream
+        self.upstream = upstream.rstrip("/") if isinstance(upstream, str) else upstream
         if isinstance(upstream, Upstream):
             if backend_ssl is not None:
                 raise ValueError("an Upstream brings its TLS settings: pass them to Upstream(...)")
-            self.pool = self.upstream = upstream
-            self._endpoints = [
-                _Endpoint.of_target(peer.target, upstream.ssl_context) for peer in upstream.peers
-            ]
+            self.pool = upstream
         else:
             parts = urlsplit(upstream)
             scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
@@ -166,16 +162,13 @@ class WebSocketProxy:
                 parts.port  # noqa: B018 - urlsplit checks the port lazily
             except ValueError as exc:
                 raise ValueError(f"upstream {upstream!r}: {exc}") from None
-            self.upstream = upstream.rstrip("/")
-            self._endpoints = [
-                _Endpoint(
-                    f"{scheme}://{parts.netloc}/",
-                    parts.path.rstrip("/").encode("utf-8"),
-                    parts.netloc.encode("idna"),
-                    None,
-                    backend_ssl,
-                )
-            ]
+            # One code path: a URL is an upstream of one target.
+            self.pool = Upstream(
+                [upstream.rstrip("/")], name=upstream.rstrip("/"), ssl_context=backend_ssl
+            )
+        self._endpoints = [
+            _Endpoint.of_target(peer.target, self.pool.ssl_context) for peer in self.pool.peers
+        ]
         for key, value in (
             ("open_timeout_s", open_timeout_s),
             ("idle_timeout_s", idle_timeout_s),
@@ -253,11 +246,9 @@ class WebSocketProxy:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         async def shutdown() -> None:
             await self.shutdown()
-            if self.pool is not None:
-                await self.pool.aclose()
+            await self.pool.aclose()
 
-        startup = self.pool.start if self.pool is not None else None
-        await serve_lifespan(receive, send, startup=startup, shutdown=shutdown)
+        await serve_lifespan(receive, send, startup=self.pool.start, shutdown=shutdown)
 
     def _open(self, scope: Scope, endpoint: _Endpoint) -> Coroutine[Any, Any, BackendLeg]:
         """The opening of a backend leg for this client (raises ValueError on bad input)."""
@@ -397,7 +388,7 @@ class _Session:
                             stats.messages_up, stats.bytes_up, stats.messages_down, stats.bytes_down
                         )
         finally:
-            if self.peer is not None and self.proxy.pool is not None:
+            if self.peer is not None:
                 self.proxy.pool.release(self.peer)
             self._ended.cancel()
             self.finished.set_result(None)
@@ -408,11 +399,7 @@ class _Session:
         if self.proxy._closing:
             await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
             return None
-        pool = self.proxy.pool
-        if pool is None:
-            backend = await self._connect(self.proxy._endpoints[0])
-        else:
-            backend = await self._connect_balanced(pool)
+        backend = await self._connect(self.proxy.pool)
         if backend is None:
             return None
         if self.stopping is not None:  # shutdown() began while we were connecting
@@ -436,28 +423,12 @@ class _Session:
             self.proxy.observer.websocket_opened()
         return backend
 
-    async def _connect(self, endpoint: _Endpoint) -> BackendLeg | None:
-        """Open the backend leg to the one backend, or refuse the client; None if refused."""
-        try:
-            opener = self.proxy._open(self.scope, endpoint)
-        except ValueError as exc:
-            await self._refuse(gateway_error(400, "bad request"), str(exc))
-            return None
-        try:
-            return await opener
-        except Exception as exc:  # the websockets -> HTTP boundary: see map_backend_error
-            if not isinstance(exc, OSError | WebSocketException):
-                logger.exception("unexpected error opening the WebSocket backend leg")
-            self._report(exc)
-            await self._refuse(map_backend_error(exc), f"{type(exc).__name__}: {exc}")
-            return None
-
     def _report(self, error: BaseException | str) -> None:
         """Tell the observer (metrics) the backend leg could not be opened, and why."""
         if self.proxy.observer is not None:
             self.proxy.observer.upstream_error(error)
 
-    async def _connect_balanced(self, pool: Upstream) -> BackendLeg | None:
+    async def _connect(self, pool: Upstream) -> BackendLeg | None:
         """Open the backend leg to a target of ``pool``, moving on while handshakes fail."""
         client_ip = client_address(self.scope) if pool.balance == "ip_hash" else None
         loop = asyncio.get_running_loop()

@@ -189,8 +189,9 @@ def map_backend_error(exc: BaseException) -> BackendFailure:
             (name.lower().encode("latin-1"), value.encode("latin-1"))
             for name, value in response.headers.raw_items()
         ]
-        # websockets has already de-chunked the body; uvicorn sets Content-Length and Date.
-        headers = strip_hop_by_hop(raw, RESPONSE_ONLY_DROPPED - {b"server"})
+        # websockets has already de-chunked the body; the server sets Content-Length, its
+        # own Date and Server (one of each, as for HTTP responses).
+        headers = strip_hop_by_hop(raw, RESPONSE_ONLY_DROPPED)
         return BackendFailure(
             response.status_code,
             CloseCode.BAD_GATEWAY,

@@ -51,9 +51,9 @@ class Upstream:
       at most ``max_tries`` attempts in all, and none begun after ``try_timeout_s``.
     - TLS to ``https`` targets: verified against the system CAs, or ``ca_bundle``;
       ``verify=False`` turns checking off (logged as a warning).
-    - The HTTP connection pools belong to the upstream: ``transport`` if given, else an
-      `UpstreamTransport` created on first use with the pool limits below (per target).
-      `aclose()` closes it.
+    - The HTTP connection pools belong to the upstream: ``transport`` if given (then the
+      caller closes it), else an `UpstreamTransport` with the pool limits below (per
+      target), which `aclose()` closes.
     - ``on_health_change(target, healthy)`` is called when a target leaves or rejoins
       the rotation (passive or active health), for metrics; `status()` has the rest.
     """
@@ -71,9 +71,10 @@ class Upstream:
         try_timeout_s: float = 10.0,
         # Active health
         health: HealthCheck | None = None,
-        # TLS to https targets
+        # TLS to https targets (``ssl_context``, if given, is used as it is)
         verify: bool = True,
         ca_bundle: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         # Connection pool
         max_connections_per_target: int = 512,
         max_idle_per_target: int = 64,
@@ -109,8 +110,8 @@ class Upstream:
         self.health = health
         self.verify = verify
         self.ca_bundle = ca_bundle
-        self.ssl_context: ssl.SSLContext | None = None
-        if any(target.scheme == "https" for target in self.targets):
+        self.ssl_context: ssl.SSLContext | None = ssl_context
+        if ssl_context is None and any(target.scheme == "https" for target in self.targets):
             self.ssl_context = client_ssl_context(verify, ca_bundle)
             if not verify:
                 logger.warning(
@@ -123,6 +124,8 @@ class Upstream:
         self.keepalive_expiry_s = keepalive_expiry_s
         self.on_health_change = on_health_change
         self._transport = transport
+        # A transport given by the caller is the caller's to close.
+        self._owns_transport = transport is None
         if transport is None:
             self._new_transport()  # validates the limits now, not on the first request
         self._clock = clock
@@ -314,7 +317,7 @@ class Upstream:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._transport is not None:
+        if self._transport is not None and self._owns_transport:
             await self._transport.aclose()
 
     async def _probe_forever(self, check: HealthCheck) -> None:
