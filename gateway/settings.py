@@ -28,6 +28,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from gateway.errors import ConfigError
 from gateway.proxy.forwarding import CLIENT_TRUST_HEADERS
 from gateway.routing import normalise_host_pattern
 from gateway.settings_sources import env_variable_for, field_names_at, line_of, suggestion
@@ -52,14 +53,6 @@ CONFIG_ENV = "GATEWAY_CONFIG"
 UPSTREAM_SCHEMES = ("http", "https")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; ``problems`` holds one line per problem."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 class _Section(BaseModel):

@@ -25,13 +25,13 @@ from typing import Any, TypeVar
 
 from starlette.types import ASGIApp
 
+from gateway.errors import MissingExtra
 from gateway.middleware.auth import BasicAuthMiddleware, BearerTokenMiddleware
 from gateway.middleware.headers import HeadersMiddleware, security_headers
 from gateway.middleware.ipfilter import IPFilterMiddleware
 from gateway.middleware.limits import RequestLimitsMiddleware
 from gateway.middleware.origin import OriginCheckMiddleware
 from gateway.middleware.ratelimit import MemoryStore, RateLimitMiddleware, RateStore
-from gateway.middleware.ratelimit_redis import RedisStore
 from gateway.middleware.timeouts import TimeoutsMiddleware
 from gateway.settings import (
     ConfigError,
@@ -81,7 +81,7 @@ class StackBuilder:
         """``factory()``, or None with the problem recorded under ``key``."""
         try:
             return factory()
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, MissingExtra) as exc:
             self.problems.append(f"{key}: {exc}")
             return None
 
@@ -225,7 +225,7 @@ class StackBuilder:
         store: RateStore | None
         if limit.redis_url:
             url = limit.redis_url
-            store = self.make(f"{key}.redis_url", lambda: RedisStore(url))
+            store = self.make(f"{key}.redis_url", lambda: redis_store(url))
         else:
             store = MemoryStore()
         if store is not None:
@@ -239,3 +239,14 @@ class StackBuilder:
         if factory is None:
             return app
         return self.layer(app, f"{key}.options", factory, **spec.options)
+
+
+def redis_store(url: str) -> RateStore:
+    """A shared token store in Redis; the Redis client is imported only now (an extra)."""
+    try:
+        from gateway.middleware.ratelimit_redis import RedisStore
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] == "redis":
+            raise MissingExtra("a shared Redis store", "redis", "redis") from None
+        raise
+    return RedisStore(url)

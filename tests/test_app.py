@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -12,6 +14,9 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from gateway.app import build_gateway
+from gateway.errors import ConfigError
+from gateway.settings import Settings
 from tests.conftest import GatewayFactory
 from tests.servers import Backend, parse_response, raw_exchange
 
@@ -72,3 +77,46 @@ async def test_h2c_upgrade_is_never_forwarded(
     assert status == 200
     names = {name for name, _ in backend.requests[0]["headers"]}
     assert not names & {"upgrade", "http2-settings", "connection"}
+
+
+def test_importing_the_proxies_loads_no_application_machinery() -> None:
+    # Mounting a proxy must not import the settings loader, metrics, Redis or cryptography.
+    code = (
+        "import sys\n"
+        "from gateway import ReverseProxy, WebSocketProxy, Upstream\n"
+        "from gateway.middleware import OriginCheckMiddleware\n"
+        "heavy = ['pydantic', 'pydantic_settings', 'prometheus_client', 'redis', 'cryptography',"
+        " 'gateway.settings', 'gateway.metrics', 'gateway.app']\n"
+        "print([name for name in heavy if name in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_public_surface_is_curated_and_lazy() -> None:
+    import gateway
+
+    assert set(gateway.__all__) >= {
+        "ReverseProxy", "WebSocketProxy", "Upstream", "Target", "create_app",
+        "load_settings", "Settings", "GatewayError", "ConfigError",
+    }  # fmt: skip
+    assert issubclass(gateway.ConfigError, gateway.GatewayError)
+    assert gateway.ReverseProxy.__module__ == "gateway.proxy.http"
+    with pytest.raises(AttributeError):
+        gateway.nothing_here  # noqa: B018
+
+
+def test_a_redis_url_without_the_redis_extra_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "gateway.middleware.ratelimit_redis", raising=False)
+    settings = Settings(rate_limit={"rate_per_s": 5, "redis_url": "redis://127.0.0.1:6379"})
+    with pytest.raises(ConfigError) as info:
+        build_gateway(settings)
+    assert info.value.problems == [
+        "rate_limit.redis_url: a shared Redis store needs the 'redis' package:"
+        " pip install 'gateway[redis]'"
+    ]
