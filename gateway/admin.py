@@ -19,13 +19,12 @@ answered.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import ipaddress
 import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -172,11 +171,6 @@ def _is_allowed_host(host: str, allowed: frozenset[str]) -> bool:
     return True
 
 
-def _csp_source(text: str) -> str:
-    digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
-    return f"'sha256-{digest}'"
-
-
 class AdminApp:
     """The admin ASGI app (see the module docstring); build it with ``admin_app()``."""
 
@@ -241,14 +235,15 @@ class AdminApp:
         elif path == "/status.json":
             body = json.dumps(self.status(), separators=(",", ":")).encode()
             await _respond(scope, send, 200, body, content_type=b"application/json")
-        elif path in ("/status", "/"):
+        elif (page := STATUS_FILES.get("/status" if path == "/" else path)) is not None:
+            body, page_type = page
             await _respond(
                 scope,
                 send,
                 200,
-                STATUS_PAGE,
+                body,
                 [(b"content-security-policy", _PAGE_CSP)],
-                content_type=b"text/html; charset=utf-8",
+                content_type=page_type,
             )
         else:
             await _respond(scope, send, 404, b"not found\n")
@@ -297,164 +292,18 @@ async def _respond(
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
 
-_STYLE = """
-:root { color-scheme: light dark; --ok: #1a7f37; --bad: #cf222e; --muted: #6e7781; }
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; }
-header { display: flex; gap: 1rem; align-items: baseline; }
-h1 { font-size: 1.3rem; margin: 0; }
-h2 { font-size: 1.05rem; margin: 1.5rem 0 .5rem; }
-.muted { color: var(--muted); }
-.badge { border-radius: 1rem; padding: .1rem .6rem; font-size: .85rem; border: 1px solid; }
-.badge[data-state="live"], .badge[data-ready="true"] { color: var(--ok); }
-.badge[data-state="stale"], .badge[data-ready="false"] { color: var(--bad); }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(11rem, 1fr)); gap: .75rem; }
-.card { border: 1px solid var(--muted); border-radius: .4rem; padding: .6rem .8rem; }
-.card .value { font-size: 1.6rem; font-variant-numeric: tabular-nums; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .3rem .6rem; border-bottom: 1px solid var(--muted); }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.mono { font-family: ui-monospace, monospace; }
-.target { display: inline-block; margin-right: .5rem; font-family: ui-monospace, monospace; }
-.target::before { content: "\\25CF "; }
-.target.healthy::before { color: var(--ok); }
-.target.down::before { color: var(--bad); }
-.target.up::before { color: var(--ok); }
-"""
+def _static(name: str) -> bytes:
+    return resources.files("gateway").joinpath("static", name).read_bytes()
 
-_SCRIPT = """
-"use strict";
-const REFRESH_MS = 2000;
-function el(tag, text, cls) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (cls) node.className = cls;
-  return node;
-}
-function show(id, value) { document.getElementById(id).textContent = String(value); }
-function health(target) {
-  if (target.down) return "down";
-  return target.healthy === true ? "healthy" : "up";
-}
-function renderRoutes(routes) {
-  const rows = routes.map((route) => {
-    const row = el("tr");
-    row.dataset.route = route.name;
-    const serves = [route.http && "HTTP", route.websocket && "WebSocket"].filter(Boolean);
-    row.append(el("td", route.name, "mono"), el("td", route.upstream || "-", "mono"),
-               el("td", serves.join(" + ")));
-    const targets = el("td");
-    for (const target of route.targets || []) {
-      const state = health(target);
-      const item = el("span", target.address + " " + state, "target " + state);
-      item.dataset.target = target.address;
-      item.dataset.health = state;
-      targets.append(item);
-    }
-    row.append(targets);
-    const counts = route.counts || {};
-    for (const key of ["requests", "server_errors", "upstream_errors", "websocket_open"]) {
-      const cell = el("td", counts[key] ?? 0, "num");
-      cell.dataset.count = key;
-      row.append(cell);
-    }
-    return row;
-  });
-  document.querySelector("#routes tbody").replaceChildren(...rows);
-}
-function renderErrors(errors) {
-  const rows = errors.map((error) => {
-    const row = el("tr");
-    const when = new Date(error.time_s * 1000).toLocaleTimeString([], {hour12: false});
-    row.append(el("td", when, "mono"), el("td", error.route, "mono"),
-               el("td", error.kind), el("td", error.message, "mono"));
-    return row;
-  });
-  document.querySelector("#recent-errors tbody").replaceChildren(...rows);
-  document.getElementById("no-errors").hidden = errors.length > 0;
-}
-function render(status) {
-  show("rate", Number(status.requests_per_s).toFixed(1));
-  show("requests", status.requests_total);
-  // The bridges' own count when the source has it; else what observers reported.
-  show("websockets", status.websocket_sessions ?? status.websocket_open);
-  show("errors", status.upstream_errors_total);
-  show("server-errors", status.server_errors_total);
-  const pool = status.pool;
-  show("pool", pool ? pool.connections + " (" + pool.idle + " idle)" : "-");
-  const ready = document.getElementById("ready");
-  ready.dataset.ready = String(status.ready.ok);
-  ready.textContent = status.ready.ok ? "ready" : "not ready: " + status.ready.reason;
-  renderRoutes(status.routes || []);
-  renderErrors(status.recent_errors || []);
-  const when = new Date(status.time_s * 1000).toLocaleTimeString([], {hour12: false});
-  show("updated", "updated " + when);
-}
-async function refresh() {
-  const live = document.getElementById("live");
-  try {
-    const response = await fetch("status.json", {cache: "no-store"});
-    if (!response.ok) throw new Error("HTTP " + response.status);
-    render(await response.json());
-    live.dataset.state = "live";
-    live.textContent = "live";
-  } catch (error) {
-    live.dataset.state = "stale";
-    live.textContent = "disconnected";
-  } finally {
-    setTimeout(refresh, REFRESH_MS);
-  }
-}
-refresh();
-"""
 
-STATUS_PAGE = f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Gateway status</title>
-<link rel="icon" href="data:,">
-<style>{_STYLE}</style>
-</head>
-<body>
-<header>
-<h1>Gateway status</h1>
-<span id="live" class="badge" data-state="connecting">connecting</span>
-<span id="ready" class="badge" data-ready="unknown">-</span>
-<span id="updated" class="muted"></span>
-</header>
-<h2>Live</h2>
-<section class="cards">
-<div class="card"><div class="muted">Requests/s</div><div class="value" id="rate">-</div></div>
-<div class="card"><div class="muted">Requests</div><div class="value" id="requests">-</div></div>
-<div class="card"><div class="muted">Open WebSocket sessions</div>
-<div class="value" id="websockets">-</div></div>
-<div class="card"><div class="muted">Upstream errors</div>
-<div class="value" id="errors">-</div></div>
-<div class="card"><div class="muted">5xx answers</div>
-<div class="value" id="server-errors">-</div></div>
-<div class="card"><div class="muted">Backend connections</div>
-<div class="value" id="pool">-</div></div>
-</section>
-<h2>Routes</h2>
-<table id="routes">
-<thead><tr><th>Route</th><th>Upstream</th><th>Serves</th><th>Targets</th><th>Requests</th>
-<th>5xx</th><th>Upstream errors</th><th>WebSockets</th></tr></thead>
-<tbody></tbody>
-</table>
-<h2>Recent errors</h2>
-<table id="recent-errors">
-<thead><tr><th>Time</th><th>Route</th><th>Kind</th><th>Message</th></tr></thead>
-<tbody></tbody>
-</table>
-<p id="no-errors" class="muted">None.</p>
-<script>{_SCRIPT}</script>
-</body>
-</html>
-""".encode()
-
+# The status page: package data files (gateway/static), served from the package.
+STATUS_FILES = {
+    "/status": (_static("status.html"), b"text/html; charset=utf-8"),
+    "/status.css": (_static("status.css"), b"text/css; charset=utf-8"),
+    "/status.js": (_static("status.js"), b"text/javascript; charset=utf-8"),
+}
+STATUS_PAGE = STATUS_FILES["/status"][0]
 _PAGE_CSP = (
-    f"default-src 'none'; script-src {_csp_source(_SCRIPT)}; style-src {_csp_source(_STYLE)}; "
-    "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'"
-).encode()
+    b"default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    b"img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from importlib import resources
 from typing import Any
 
 import httpx
@@ -147,20 +148,31 @@ async def test_status_json_reports_routes_targets_counts_and_errors(
 async def test_status_page_is_self_contained(admin_client: httpx.AsyncClient) -> None:
     app = admin_app(metrics=Metrics(), status_source=lambda: {"settings_loaded": False})
     async with run_server(plain_config(app)) as port:
-        page = await admin_client.get(f"http://127.0.0.1:{port}/status")
-        head = await admin_client.head(f"http://127.0.0.1:{port}/status")
+        base = f"http://127.0.0.1:{port}"
+        page = await admin_client.get(f"{base}/status")
+        head = await admin_client.head(f"{base}/status")
+        css = await admin_client.get(f"{base}/status.css")
+        script = await admin_client.get(f"{base}/status.js")
     assert page.status_code == 200
     assert page.headers["content-type"] == "text/html; charset=utf-8"
+    # Served from the package's data files, as installed.
+    assert page.content == (resources.files("gateway") / "static" / "status.html").read_bytes()
     assert page.content == STATUS_PAGE
     csp = page.headers["content-security-policy"]
     assert "default-src 'none'" in csp
     assert "connect-src 'self'" in csp
-    assert re.search(r"script-src 'sha256-[A-Za-z0-9+/=]+'", csp)
-    # Nothing is loaded from elsewhere: no absolute URLs, no src/href but the empty icon.
-    assert not re.search(rb"(src|href)=\"(?!data:)", page.content)
+    assert "script-src 'self'" in csp
+    # Nothing is loaded from elsewhere: only the page's own files, by relative URL.
+    assert set(re.findall(rb'(?:src|href)="([^"]*)"', page.content)) == {
+        b"data:,",
+        b"status.css",
+        b"status.js",
+    }
     assert b"http://" not in page.content
     assert b"https://" not in page.content
-    assert b'fetch("status.json"' in page.content
+    assert (css.status_code, css.headers["content-type"]) == (200, "text/css; charset=utf-8")
+    assert script.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert b'fetch("status.json"' in script.content
     assert head.status_code == 200
     assert head.content == b""
     assert head.headers["content-length"] == str(len(STATUS_PAGE))
