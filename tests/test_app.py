@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import websockets
 from websockets.asyncio.client import connect
@@ -120,3 +121,16 @@ def test_a_redis_url_without_the_redis_extra_names_the_extra(
         "rate_limit.redis_url: a shared Redis store needs the 'redis' package:"
         " pip install 'gateway[redis]'"
     ]
+
+
+async def test_pass_date_server_passes_the_backends_own(
+    backend: Backend, gateway_factory: GatewayFactory, client: httpx.AsyncClient
+) -> None:
+    upstream = f"http://127.0.0.1:{backend.port}"
+    async with gateway_factory(upstream) as url:
+        replaced = await client.get(f"{url}/echo")
+    async with gateway_factory(upstream, forwarding={"pass_date_server": True}) as url:
+        passed = await client.get(f"{url}/echo")
+    assert replaced.headers.get_list("server") == ["gateway"]
+    assert passed.headers.get_list("server") == ["uvicorn"]  # the test backend's
+    assert len(replaced.headers.get_list("date")) == len(passed.headers.get_list("date")) == 1

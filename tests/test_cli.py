@@ -142,6 +142,9 @@ async def test_run_with_two_workers(
             for _ in range(5):
                 response = await client.get(f"https://localhost:{port}/echo")
                 assert response.status_code == 200
+                # gateway run: one Date, and its own Server instead of the backend's.
+                assert len(response.headers.get_list("date")) == 1
+                assert response.headers.get_list("server") == ["gateway"]
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
 
@@ -162,8 +165,13 @@ async def test_uvicorn_factory_with_its_own_ssl_flags(
         httpx.AsyncClient(verify=client_ssl, timeout=30) as client,
     ):
         response = await client.get(f"https://127.0.0.1:{port}/echo")
+        missing = await client.get(f"https://127.0.0.1:{port}/nowhere")  # the gateway's 404
     assert response.status_code == 200
     assert backend.requests[0]["raw_path"] == "/echo"
+    # uvicorn's default flags: its Date and Server, the backend's dropped - one of each.
+    for answer in (response, missing):
+        assert len(answer.headers.get_list("date")) == 1
+        assert answer.headers.get_list("server") == ["uvicorn"]
 
 
 @pytest.mark.parametrize("args", [["run", "--workers", "0"], ["bogus"]])
