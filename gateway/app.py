@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway._compat import Starlette
 from gateway.admin import GatewayStatus, admin_app
 from gateway.metrics import Metrics, MetricsMiddleware, SessionObserver, route_label
 from gateway.middleware.access_log import AccessLogMiddleware

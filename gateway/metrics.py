@@ -64,10 +64,10 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import refusals
+from gateway._compat import floatToGoString
 from gateway.failures import metrics_label
 from gateway.redaction import redact_text
 from gateway.upstream import TargetStatus

@@ -5,7 +5,8 @@
 - ``WebSocketProtocol`` (websockets-sansio): a refused handshake counts as complete;
   the socket is paused only when the app falls behind, not after every message.
 
-``HTTP_PROTOCOL`` is ``HTTPProtocol``, or ``"auto"`` where httptools is missing.
+``HTTP_PROTOCOL`` is ``HTTPProtocol``. The uvicorn internals these rely on are listed in
+``gateway._compat``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import Frame
 
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
-except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
-    HttpToolsProtocol = None  # type: ignore[assignment,misc]
-
+from gateway._compat import (
+    UVICORN_COMPLETES_REFUSED_HANDSHAKES,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+    WebSocketsSansIOProtocol,
+)
 from gateway.refusals import refused
 from gateway.request_rules import Refusal, check_head
 from gateway.watchdog import Watchdog
@@ -32,10 +33,10 @@ __all__ = ["FRAGMENT_OVERHEAD_BYTES", "HTTP_PROTOCOL", "WebSocketProtocol"]
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol with two changes.
 
-    - The handshake counts as complete after a refusal sent through
-      ``websocket.http.response`` (as uvicorn's wsproto protocol does; uvicorn PR #3138).
-      Without it every refused handshake (403 for a foreign Origin, the backend's own
-      refusal) is also logged as "returned without completing handshake".
+    - Before uvicorn 0.55, the handshake counts as complete after a refusal sent through
+      ``websocket.http.response`` (as uvicorn's wsproto protocol does; uvicorn PR #3138,
+      in 0.55). Without it every refused handshake (403 for a foreign Origin, the
+      backend's own refusal) is also logged as "returned without completing handshake".
     - Reading pauses only when a message waits behind another one (the app is behind),
       and resumes when the app has taken them all. uvicorn pauses after every message
       and resumes when the app takes it: two event-loop registrations per message, even
@@ -162,7 +163,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def send(self, message: Any) -> Coroutine[Any, Any, None]:
         # Not a coroutine itself: each relayed message costs no extra frame.
-        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+        if (
+            not UVICORN_COMPLETES_REFUSED_HANDSHAKES
+            and message["type"] == "websocket.http.response.body"
+            and not message.get("more_body")
+        ):
             return self._send_last_body(message)
         return super().send(message)
 
@@ -210,185 +215,183 @@ class _RefusedHead(Exception):
     """Raised in a parser callback to stop parsing a head that ``check_head`` refused."""
 
 
-if HttpToolsProtocol is not None:
+class _Http10Cycle(RequestResponseCycle):
+    """uvicorn's request cycle for HTTP/1.0 clients, which have no chunked encoding
+    (RFC 9112 section 6.1): a response without Content-Length is close-delimited -
+    its body is sent as it is and the connection closed after it - where uvicorn
+    would frame it with ``Transfer-Encoding: chunked``."""
 
-    class _Http10Cycle(RequestResponseCycle):
-        """uvicorn's request cycle for HTTP/1.0 clients, which have no chunked encoding
-        (RFC 9112 section 6.1): a response without Content-Length is close-delimited -
-        its body is sent as it is and the connection closed after it - where uvicorn
-        would frame it with ``Transfer-Encoding: chunked``."""
+    _close_delimited = False
 
-        _close_delimited = False
-
-        async def send(self, message: Any) -> None:
-            if message["type"] == "http.response.start" and not self.response_started:
-                framed = any(
-                    name.lower() in (b"content-length", b"transfer-encoding")
-                    for name, _ in message.get("headers", ())
-                )
-                if (
-                    not framed
-                    and self.scope["method"] != "HEAD"
-                    and message["status"] not in (204, 304)
-                ):
-                    self._close_delimited = True
-                    self.keep_alive = False  # uvicorn adds "connection: close"
-                    self.chunked_encoding = False  # and no Transfer-Encoding
-            elif (
-                self._close_delimited
-                and message["type"] == "http.response.body"
-                and not self.response_complete
-            ):
-                await self._send_close_delimited(message)
-                return
-            await super().send(message)
-
-        async def _send_close_delimited(self, message: Any) -> None:
-            if self.flow.write_paused and not self.disconnected:
-                await self.flow.drain()
-            if self.disconnected:
-                return
-            self.transport.write(message.get("body", b""))
-            if not message.get("more_body", False):
-                self.response_complete = True
-                self.message_event.set()
-                self.transport.close()
-                self.on_response()
-
-    class HTTPProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol with the defences an edge needs.
-
-        - Strict request heads (``gateway.request_rules.check_head``): a missing,
-          repeated or invalid Host, a request line without an HTTP/1.x version, HTTP/1.0
-          with Transfer-Encoding... get 400/505 before any app runs.
-        - Trailers of a chunked request are dropped (and counted): uvicorn appends them
-          to the request's headers when they arrive in the same read as the head.
-        - HTTP/1.0 responses without Content-Length are close-delimited, not chunked.
-        - Malformed requests are answered and logged (once a minute per client) by
-          ``gateway.refusals``, with the client's address.
-
-        - uvicorn arms no timer on a new connection nor while a request head arrives
-          (its keep-alive timer is cancelled by the first byte), so a client that opens
-          a connection and sends nothing, or one header byte at a time, holds it for
-          ever.  Here the request head must be complete within ``header_timeout_s``
-          (nginx ``client_header_timeout``): otherwise 408 (or a silent close if not
-          a byte came) and the connection is closed.
-        - httptools buffers a header field of any size before the app can judge it;
-          a head over ``max_head_bytes`` gets 431 and the connection is closed.
-        """
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._head_timeout_s: float | None = getattr(self.config, "header_timeout_s", None)
-            self._max_head_bytes: int | None = getattr(self.config, "max_head_bytes", None)
-            # The head deadline is checked on the config's watchdog ticks: a loop timer
-            # armed and cancelled for every request would cost more than the request line.
-            self._watchdog: Watchdog | None = getattr(self.config, "head_watchdog", None)
-            self._head_since: float | None = None
-            self._head_bytes = 0
-            self._awaiting_head = True
-            self._in_body = False
-            self._refusal: Refusal | None = None
-
-        def _watch_head(self) -> None:
-            if self._head_since is None and self._watchdog is not None:
-                self._head_since = self.loop.time()
-                self._watchdog.watch(self)
-
-        def _unwatch_head(self) -> None:
-            if self._head_since is not None and self._watchdog is not None:
-                self._head_since = None
-                self._watchdog.unwatch(self)
-
-        def check(self, now: float) -> bool:
-            """The watchdog's tick: close a connection whose head is late (then True)."""
-            since, timeout_s = self._head_since, self._head_timeout_s
-            if since is None or timeout_s is None:
-                return True
-            if now - since < timeout_s:
-                return False
-            self._head_since = None
-            if not self._awaiting_head or self.transport.is_closing():
-                return True
-            if self.cycle is not None and not self.cycle.response_complete:
-                return True  # a request is being answered; its own timeouts apply
-            if self._head_bytes:
-                self.transport.write(_HEAD_TIMEOUT_RESPONSE)
-            self.transport.close()
-            return True
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._watch_head()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._unwatch_head()
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if self._awaiting_head:
-                self._watch_head()
-                self._head_bytes += len(data)
-            super().data_received(data)
-            if (
-                self._awaiting_head
-                and self._max_head_bytes is not None
-                and self._head_bytes > self._max_head_bytes
-                and not self.transport.is_closing()
-            ):
-                self._unwatch_head()
-                self.transport.write(_HEAD_TOO_LARGE_RESPONSE)
-                self.transport.close()
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._awaiting_head = True
-            self._watch_head()
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            if self._in_body:  # a trailer: never one of the request's headers
-                client = self.client[0] if self.client else None
-                refused("request_trailer", client, "request trailer from %s dropped", client)
-                return
-            super().on_header(name, value)
-
-        def on_headers_complete(self) -> None:
-            self._awaiting_head = False
-            self._head_bytes = 0
-            self._unwatch_head()
-            refusal = check_head(self.parser.get_http_version(), self.headers)
-            if refusal is not None:
-                self._refusal = refusal
-                raise _RefusedHead  # httptools stops; uvicorn calls send_400_response
-            super().on_headers_complete()
-            self._in_body = True
-            if self.scope.get("http_version") == "1.0" and self.cycle is not None:
-                self.cycle.__class__ = _Http10Cycle
-
-        def on_message_complete(self) -> None:
-            self._in_body = False
-            super().on_message_complete()
-
-        def send_400_response(self, msg: str) -> None:
-            # uvicorn's answer to anything httptools refused, or to a head we refused.
-            refusal, self._refusal = self._refusal or _MALFORMED, None
-            client = self.client[0] if self.client else None
-            refused(refusal.reason, client, "from %s: %s", client, refusal.message.strip())
-            body = refusal.message.encode()
-            phrase = {400: b"Bad Request", 505: b"HTTP Version Not Supported"}[refusal.status]
-            self.transport.write(
-                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                % (refusal.status, phrase, len(body), body)
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start" and not self.response_started:
+            framed = any(
+                name.lower() in (b"content-length", b"transfer-encoding")
+                for name, _ in message.get("headers", ())
             )
+            if (
+                not framed
+                and self.scope["method"] != "HEAD"
+                and message["status"] not in (204, 304)
+            ):
+                self._close_delimited = True
+                self.keep_alive = False  # uvicorn adds "connection: close"
+                self.chunked_encoding = False  # and no Transfer-Encoding
+        elif (
+            self._close_delimited
+            and message["type"] == "http.response.body"
+            and not self.response_complete
+        ):
+            await self._send_close_delimited(message)
+            return
+        await super().send(message)
+
+    async def _send_close_delimited(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        self.transport.write(message.get("body", b""))
+        if not message.get("more_body", False):
+            self.response_complete = True
+            self.message_event.set()
+            self.transport.close()
+            self.on_response()
+
+
+class HTTPProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the defences an edge needs.
+
+    - Strict request heads (``gateway.request_rules.check_head``): a missing,
+      repeated or invalid Host, a request line without an HTTP/1.x version, HTTP/1.0
+      with Transfer-Encoding... get 400/505 before any app runs.
+    - Trailers of a chunked request are dropped (and counted): uvicorn appends them
+      to the request's headers when they arrive in the same read as the head.
+    - HTTP/1.0 responses without Content-Length are close-delimited, not chunked.
+    - Malformed requests are answered and logged (once a minute per client) by
+      ``gateway.refusals``, with the client's address.
+
+    - uvicorn arms no timer on a new connection nor while a request head arrives
+      (its keep-alive timer is cancelled by the first byte), so a client that opens
+      a connection and sends nothing, or one header byte at a time, holds it for
+      ever.  Here the request head must be complete within ``header_timeout_s``
+      (nginx ``client_header_timeout``): otherwise 408 (or a silent close if not
+      a byte came) and the connection is closed.
+    - httptools buffers a header field of any size before the app can judge it;
+      a head over ``max_head_bytes`` gets 431 and the connection is closed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timeout_s: float | None = getattr(self.config, "header_timeout_s", None)
+        self._max_head_bytes: int | None = getattr(self.config, "max_head_bytes", None)
+        # The head deadline is checked on the config's watchdog ticks: a loop timer
+        # armed and cancelled for every request would cost more than the request line.
+        self._watchdog: Watchdog | None = getattr(self.config, "head_watchdog", None)
+        self._head_since: float | None = None
+        self._head_bytes = 0
+        self._awaiting_head = True
+        self._in_body = False
+        self._refusal: Refusal | None = None
+
+    def _watch_head(self) -> None:
+        if self._head_since is None and self._watchdog is not None:
+            self._head_since = self.loop.time()
+            self._watchdog.watch(self)
+
+    def _unwatch_head(self) -> None:
+        if self._head_since is not None and self._watchdog is not None:
+            self._head_since = None
+            self._watchdog.unwatch(self)
+
+    def check(self, now: float) -> bool:
+        """The watchdog's tick: close a connection whose head is late (then True)."""
+        since, timeout_s = self._head_since, self._head_timeout_s
+        if since is None or timeout_s is None:
+            return True
+        if now - since < timeout_s:
+            return False
+        self._head_since = None
+        if not self._awaiting_head or self.transport.is_closing():
+            return True
+        if self.cycle is not None and not self.cycle.response_complete:
+            return True  # a request is being answered; its own timeouts apply
+        if self._head_bytes:
+            self.transport.write(_HEAD_TIMEOUT_RESPONSE)
+        self.transport.close()
+        return True
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._watch_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._unwatch_head()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._awaiting_head:
+            self._watch_head()
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if (
+            self._awaiting_head
+            and self._max_head_bytes is not None
+            and self._head_bytes > self._max_head_bytes
+            and not self.transport.is_closing()
+        ):
+            self._unwatch_head()
+            self.transport.write(_HEAD_TOO_LARGE_RESPONSE)
             self.transport.close()
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            # The next request's head: counted (and timed) from its first byte on.
-            self._awaiting_head = True
-            self._head_bytes = 0
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_head = True
+        self._watch_head()
 
-    HTTP_PROTOCOL: Any = HTTPProtocol
-else:  # pragma: no cover
-    HTTP_PROTOCOL = "auto"
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_body:  # a trailer: never one of the request's headers
+            client = self.client[0] if self.client else None
+            refused("request_trailer", client, "request trailer from %s dropped", client)
+            return
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._awaiting_head = False
+        self._head_bytes = 0
+        self._unwatch_head()
+        refusal = check_head(self.parser.get_http_version(), self.headers)
+        if refusal is not None:
+            self._refusal = refusal
+            raise _RefusedHead  # httptools stops; uvicorn calls send_400_response
+        super().on_headers_complete()
+        self._in_body = True
+        if self.scope.get("http_version") == "1.0" and self.cycle is not None:
+            self.cycle.__class__ = _Http10Cycle
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to anything httptools refused, or to a head we refused.
+        refusal, self._refusal = self._refusal or _MALFORMED, None
+        client = self.client[0] if self.client else None
+        refused(refusal.reason, client, "from %s: %s", client, refusal.message.strip())
+        body = refusal.message.encode()
+        phrase = {400: b"Bad Request", 505: b"HTTP Version Not Supported"}[refusal.status]
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (refusal.status, phrase, len(body), body)
+        )
+        self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # The next request's head: counted (and timed) from its first byte on.
+        self._awaiting_head = True
+        self._head_bytes = 0
+
+
+HTTP_PROTOCOL: Any = HTTPProtocol

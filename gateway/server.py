@@ -24,6 +24,7 @@ from typing import Any
 
 import uvicorn
 
+from gateway._compat import UvicornConfig, UvicornServer
 from gateway.app import close_websockets, create_admin_app, create_app
 from gateway.control import ReloadReport, write_report
 from gateway.listener import PlainHTTP, TLSListener
@@ -50,7 +51,7 @@ __all__ = [
 logger = get_logger("gateway")
 
 
-class _Config(uvicorn.Config):
+class _Config(UvicornConfig):
     """uvicorn's Config with the TLS context hardened (a Mozilla profile, ALPN http/1.1).
 
     ``header_timeout_s``, ``head_watchdog`` and ``max_head_bytes`` are read by
@@ -72,7 +73,7 @@ class _Config(uvicorn.Config):
             harden(self.ssl, self.tls_profile)
 
 
-class GatewayServer(uvicorn.Server):
+class GatewayServer(UvicornServer):
     """A uvicorn Server for gateway listeners.
 
     - Signal handling is left to ``_serve`` (it owns several servers).

@@ -43,9 +43,9 @@ from urllib.parse import quote
 import anyio.to_thread
 from starlette.datastructures import Headers
 from starlette.responses import FileResponse, Response
-from starlette.staticfiles import NotModifiedResponse, StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway._compat import NotModifiedResponse, StaticFiles
 from gateway.responses import send_text
 
 __all__ = ["MEDIA_TYPES", "StaticDirectory", "media_type", "request_segments", "static_app"]

@@ -1,0 +1,153 @@
+"""Every dependence of the gateway on another library's internals, in one place.
+
+The gateway subclasses uvicorn's HTTP and WebSocket protocols, its request cycle, its
+``Config`` and ``Server``, Starlette's ``Starlette`` and ``StaticFiles``, and formats
+metric bounds with prometheus_client's ``floatToGoString``. None of these are promised
+APIs, so the classes are imported here only, and ``RELIES_ON`` names each method and
+attribute the gateway's code uses, with what for. ``tests/test_compat.py`` checks every
+entry against the installed versions: a release that renames or reshapes one fails that
+one clear test instead of a hundred odd ones elsewhere. The version bounds in
+``pyproject.toml`` admit only releases that pass it (lowest and newest are tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import uvicorn
+from prometheus_client.utils import floatToGoString
+from starlette.applications import Starlette
+from starlette.staticfiles import NotModifiedResponse, StaticFiles
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+__all__ = [
+    "RELIES_ON",
+    "UVICORN_COMPLETES_REFUSED_HANDSHAKES",
+    "HttpToolsProtocol",
+    "NotModifiedResponse",
+    "Reliance",
+    "RequestResponseCycle",
+    "Starlette",
+    "StaticFiles",
+    "UvicornConfig",
+    "UvicornServer",
+    "WebSocketsSansIOProtocol",
+    "floatToGoString",
+]
+
+UvicornConfig = uvicorn.Config
+UvicornServer = uvicorn.Server
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+# uvicorn 0.55 marks a handshake refused through ``websocket.http.response`` as complete
+# itself (its PR #3138); before, gateway.protocols.WebSocketProtocol does it.
+UVICORN_COMPLETES_REFUSED_HANDSHAKES = _version(uvicorn.__version__) >= (0, 55)
+
+
+@dataclass(frozen=True, slots=True)
+class Reliance:
+    """``owner.attribute`` is used by the gateway (``why``). ``parameters``: names the
+    callable must accept, in order after ``self``; ``instance``: set by ``__init__``
+    (checked in its source) rather than defined on the class."""
+
+    owner: object
+    attribute: str
+    why: str
+    parameters: tuple[str, ...] | None = None
+    instance: bool = False
+
+
+_HTTP = "gateway.protocols.HTTPProtocol"
+_CYCLE = "gateway.protocols._Http10Cycle"
+_WS = "gateway.protocols.WebSocketProtocol"
+_SERVER = "gateway.server.GatewayServer"
+
+RELIES_ON: tuple[Reliance, ...] = (
+    # uvicorn's httptools protocol: head checks, trailers, head deadline and size.
+    Reliance(HttpToolsProtocol, "__init__", _HTTP, ("config", "server_state", "app_state")),
+    Reliance(HttpToolsProtocol, "connection_made", _HTTP, ("transport",)),
+    Reliance(HttpToolsProtocol, "connection_lost", _HTTP, ("exc",)),
+    Reliance(HttpToolsProtocol, "data_received", _HTTP, ("data",)),
+    Reliance(HttpToolsProtocol, "on_message_begin", _HTTP, ()),
+    Reliance(HttpToolsProtocol, "on_header", _HTTP + " drops trailers", ("name", "value")),
+    Reliance(HttpToolsProtocol, "on_headers_complete", _HTTP + " judges the head", ()),
+    Reliance(HttpToolsProtocol, "on_message_complete", _HTTP, ()),
+    Reliance(HttpToolsProtocol, "on_response_complete", _HTTP, ()),
+    Reliance(HttpToolsProtocol, "send_400_response", _HTTP + " answers refusals", ("msg",)),
+    Reliance(HttpToolsProtocol, "parser", _HTTP + " reads version", instance=True),
+    Reliance(HttpToolsProtocol, "headers", _HTTP + " judges them", instance=True),
+    Reliance(HttpToolsProtocol, "cycle", _HTTP + " swaps its class", instance=True),
+    Reliance(HttpToolsProtocol, "client", _HTTP + " logs the address", instance=True),
+    Reliance(HttpToolsProtocol, "transport", _HTTP, instance=True),
+    Reliance(HttpToolsProtocol, "config", _HTTP + " reads its limits", instance=True),
+    # uvicorn's request cycle: HTTP/1.0 responses without a length are close-delimited.
+    Reliance(RequestResponseCycle, "send", _CYCLE, ("message",)),
+    Reliance(RequestResponseCycle, "keep_alive", _CYCLE, instance=True),
+    Reliance(RequestResponseCycle, "chunked_encoding", _CYCLE, instance=True),
+    Reliance(RequestResponseCycle, "response_started", _CYCLE, instance=True),
+    Reliance(RequestResponseCycle, "response_complete", _CYCLE, instance=True),
+    Reliance(RequestResponseCycle, "flow", _CYCLE, instance=True),
+    Reliance(RequestResponseCycle, "message_event", _CYCLE, instance=True),
+    Reliance(RequestResponseCycle, "on_response", _CYCLE, instance=True),
+    Reliance(RequestResponseCycle, "disconnected", _CYCLE, instance=True),
+    Reliance(RequestResponseCycle, "scope", _CYCLE, instance=True),
+    # uvicorn's websockets-sansio protocol: pausing, pings, fragments, refusals, logs.
+    Reliance(WebSocketsSansIOProtocol, "send", _WS, ("message",)),
+    Reliance(WebSocketsSansIOProtocol, "send_receive_event_to_app", _WS, ()),
+    Reliance(WebSocketsSansIOProtocol, "data_received", _WS, ("data",)),
+    Reliance(WebSocketsSansIOProtocol, "handle_ping", _WS + " holds pongs", ()),
+    Reliance(WebSocketsSansIOProtocol, "handle_text", _WS + " counts fragments", ("event",)),
+    Reliance(WebSocketsSansIOProtocol, "handle_bytes", _WS + " counts fragments", ("event",)),
+    Reliance(WebSocketsSansIOProtocol, "handle_cont", _WS + " counts fragments", ("event",)),
+    Reliance(WebSocketsSansIOProtocol, "handle_parser_exception", _WS, ()),
+    Reliance(WebSocketsSansIOProtocol, "pause_writing", _WS + " stops reading", ()),
+    Reliance(WebSocketsSansIOProtocol, "resume_writing", _WS, ()),
+    Reliance(WebSocketsSansIOProtocol, "connection_lost", _WS, ("exc",)),
+    Reliance(
+        WebSocketsSansIOProtocol, "conn", _WS + " (websockets' ServerProtocol)", instance=True
+    ),
+    Reliance(WebSocketsSansIOProtocol, "read_paused", _WS, instance=True),
+    Reliance(WebSocketsSansIOProtocol, "close_sent", _WS, instance=True),
+    Reliance(WebSocketsSansIOProtocol, "frames", _WS, instance=True),
+    Reliance(WebSocketsSansIOProtocol, "queue", _WS, instance=True),
+    Reliance(WebSocketsSansIOProtocol, "loop", _WS + " arms the stall timer", instance=True),
+    Reliance(WebSocketsSansIOProtocol, "handshake_complete", _WS, instance=True),
+    # uvicorn's Config and Server: the hardened TLS context, listeners, shutdown order.
+    Reliance(UvicornConfig, "load", "gateway.server._Config hardens the TLS context", ()),
+    Reliance(UvicornConfig, "ssl", "gateway.server._Config", instance=True),
+    Reliance(UvicornConfig, "http_protocol_class", _SERVER, instance=True),
+    Reliance(UvicornServer, "startup", _SERVER + " starts TLSListener", ("sockets",)),
+    Reliance(UvicornServer, "shutdown", _SERVER + " drains WebSockets first", ("sockets",)),
+    Reliance(UvicornServer, "capture_signals", _SERVER + " leaves signals to _serve", ()),
+    Reliance(UvicornServer, "serve", "gateway.server._serve", ("sockets",)),
+    Reliance(UvicornServer, "servers", _SERVER + " appends its listeners", instance=True),
+    Reliance(UvicornServer, "server_state", _SERVER, instance=True),
+    Reliance(UvicornServer, "lifespan", _SERVER, instance=True),
+    Reliance(UvicornServer, "started", "gateway.server._say_ready", instance=True),
+    Reliance(UvicornServer, "should_exit", "gateway.server._serve", instance=True),
+    # Starlette: the lifespan and user middleware without its per-request layers.
+    Reliance(Starlette, "build_middleware_stack", "gateway.app._GatewayApp", ()),
+    Reliance(Starlette, "user_middleware", "gateway.app._GatewayApp", instance=True),
+    Reliance(Starlette, "router", "gateway.app._GatewayApp (lifespan)", instance=True),
+    # Starlette's StaticFiles: its conditional-request check and 304 response.
+    Reliance(
+        StaticFiles,
+        "__init__",
+        "gateway.static.StaticDirectory",
+        ("directory", "packages", "html", "check_dir", "follow_symlink"),
+    ),
+    Reliance(
+        StaticFiles,
+        "is_not_modified",
+        "gateway.static.StaticDirectory",
+        ("response_headers", "request_headers"),
+    ),
+    Reliance(NotModifiedResponse, "__init__", "gateway.static.StaticDirectory", ("headers",)),
+    # prometheus_client: the text of histogram bucket bounds, as its own exposition.
+    Reliance(floatToGoString, "__call__", "gateway.metrics bucket labels", None),
+)
