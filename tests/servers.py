@@ -117,10 +117,13 @@ class Backend:
         self.requests: list[dict[str, Any]] = []
         self.port = 0
         self.disconnects = 0
+        self.started = 0  # requests whose handling began (before their body is read)
+        self.bytes_sent = 0  # body bytes of /bytes and /chunked responses handed to send
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        self.started += 1
         path: str = scope["path"]
         digest = hashlib.sha256()
         size = 0
@@ -143,8 +146,8 @@ class Backend:
         }
         self.requests.append(record)
         if path.startswith("/bytes/") or path.startswith("/chunked/"):
-            await _send_bytes(
-                send, int(path.rsplit("/", 1)[1]), chunked=path.startswith("/chunked/")
+            await self._send_bytes(
+                receive, send, int(path.rsplit("/", 1)[1]), chunked=path.startswith("/chunked/")
             )
             return
         if path.startswith("/slow/"):
@@ -162,6 +165,35 @@ class Backend:
         body = json.dumps(record).encode()
         await _respond(send, 200, body, [(b"content-type", b"application/json"), *extra])
 
+    async def _send_bytes(self, receive: Receive, send: Send, size: int, *, chunked: bool) -> None:
+        """Stream ``size`` bytes; stop (and count a disconnect) once the reader is gone."""
+        headers = [(b"content-type", b"application/octet-stream")]
+        if not chunked:
+            headers.append((b"content-length", str(size).encode()))
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            block = bytes(range(256)) * 256  # 64 KiB, not compressible to nothing
+            sent = 0
+            while sent < size and not gone.is_set():
+                piece = block[: min(len(block), size - sent)]
+                sent += len(piece)
+                self.bytes_sent += len(piece)
+                await send({"type": "http.response.body", "body": piece, "more_body": sent < size})
+            if size == 0:
+                await send({"type": "http.response.body", "body": b""})
+            if gone.is_set():
+                self.disconnects += 1
+        finally:
+            watcher.cancel()
+
 
 async def _respond(
     send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
@@ -169,21 +201,6 @@ async def _respond(
     all_headers = [(b"content-length", str(len(body)).encode()), *(headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _send_bytes(send: Send, size: int, *, chunked: bool) -> None:
-    headers = [(b"content-type", b"application/octet-stream")]
-    if not chunked:
-        headers.append((b"content-length", str(size).encode()))
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    block = bytes(range(256)) * 256  # 64 KiB, not compressible to nothing
-    sent = 0
-    while sent < size:
-        piece = block[: min(len(block), size - sent)]
-        sent += len(piece)
-        await send({"type": "http.response.body", "body": piece, "more_body": sent < size})
-    if size == 0:
-        await send({"type": "http.response.body", "body": b""})
 
 
 def expected_bytes(size: int) -> bytes:

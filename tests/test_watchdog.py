@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
 from gateway.watchdog import MAX_TICK_S, MIN_TICK_S, Watchdog, tick_for
+from tests.servers import eventually
 
 
 class Item:
@@ -44,10 +46,11 @@ async def test_checks_each_tick_until_the_item_says_stop() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     watchdog.watch(item)
-    await asyncio.sleep(0.2)
+    await eventually(lambda: len(watchdog) == 0)
     assert len(item.checks) == 3
+    # Each check a tick after the last (never early; late only by the loop's load).
     assert item.checks[0] >= started + 0.02 - 0.005
-    assert len(watchdog) == 0
+    assert all(b - a >= 0.02 - 0.005 for a, b in itertools.pairwise(item.checks))
     assert watchdog._timer is None  # idle: no tick is pending
 
 
@@ -58,7 +61,7 @@ async def test_unwatched_items_are_not_checked_and_the_tick_stops() -> None:
     watchdog.watch(dropped)
     watchdog.unwatch(dropped)
     watchdog.unwatch(dropped)  # twice is harmless
-    await asyncio.sleep(0.15)
+    await eventually(lambda: len(watchdog) == 0)
     assert len(kept.checks) == 2
     assert dropped.checks == []
     assert watchdog._timer is None
@@ -70,7 +73,8 @@ async def test_many_items_share_one_timer(monkeypatch: pytest.MonkeyPatch) -> No
     call_later = loop.call_later
 
     def counting(delay: float, callback: object, *args: object) -> asyncio.TimerHandle:
-        armed.append(delay)
+        if getattr(callback, "__self__", None) is watchdog:  # not the test's own sleeps
+            armed.append(delay)
         return call_later(delay, callback, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(loop, "call_later", counting)
@@ -79,8 +83,9 @@ async def test_many_items_share_one_timer(monkeypatch: pytest.MonkeyPatch) -> No
     for item in items:
         watchdog.watch(item)
     assert len(armed) == 1
-    await asyncio.sleep(0.1)
+    await eventually(lambda: len(watchdog) == 0)
     assert all(len(item.checks) == 1 for item in items)
+    assert len(armed) == 1  # one tick checked them all
 
 
 def test_a_new_loop_gets_a_new_timer() -> None:

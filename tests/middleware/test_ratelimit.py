@@ -410,7 +410,7 @@ async def test_redis_bucket_arithmetic_and_expiry(redis: RedisServer) -> None:
         True,
         True,
     )
-    assert 0.05 < second.retry_after_s <= 0.1
+    assert 0 < second.retry_after_s <= 0.1  # a token refills in 0.1 s at 10/s
     client = redis_client.Redis.from_url(redis.url)
     try:
         ttl_ms = await client.pttl("t:a")

@@ -18,8 +18,19 @@ FIXTURES = [
 ]
 
 
-def test_a_dozen_fixtures() -> None:
-    assert len(FIXTURES) >= 12
+@pytest.mark.parametrize("name", FIXTURES)
+def test_every_note_and_route_source_is_written(name: str) -> None:
+    result = translate(name)
+    text = render_toml(result)
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    # Every note, as "#   FILE:LINE: directive: reason", under its kind's heading...
+    for note in result.notes:
+        assert f"#   {note.file}:{note.line}: {note.directive}: {note.reason}" in comments
+    # ... and each route led by the nginx location it came from.
+    for source in result.sources:
+        if source:
+            assert f"# {source}\n[[routes]]" in text
+    assert text.startswith("# Translated from the nginx configuration ")
 
 
 @pytest.mark.parametrize("name", FIXTURES)

@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import GatewayFactory, header_values
 from tests.servers import (
     Backend,
+    eventually,
     expected_bytes,
     parse_response,
     raw_exchange,
@@ -310,7 +311,7 @@ async def test_client_disconnect_mid_upload_frees_everything(
     writer.write(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000000\r\n\r\n")
     writer.write(b"x" * 1_000_000)
     await writer.drain()
-    await asyncio.sleep(0.3)
+    await eventually(lambda: backend.started == 1)  # the upload reached the backend
     writer.transport.abort()
     for _ in range(100):
         if backend.disconnects and len(asyncio.all_tasks()) <= tasks_before:
@@ -321,7 +322,7 @@ async def test_client_disconnect_mid_upload_frees_everything(
 
 
 async def test_client_disconnect_mid_download_stops_backend_read(
-    gateway: str, client_ssl: ssl.SSLContext
+    gateway: str, backend: Backend, client_ssl: ssl.SSLContext
 ) -> None:
     tasks_before = len(asyncio.all_tasks())
     reader, writer = await asyncio.open_connection(
@@ -330,11 +331,14 @@ async def test_client_disconnect_mid_download_stops_backend_read(
     writer.write(b"GET /bytes/1000000000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
     await reader.readexactly(200_000)
     writer.transport.abort()
-    for _ in range(100):
-        if len(asyncio.all_tasks()) <= tasks_before:
-            break
-        await asyncio.sleep(0.05)
-    assert len(asyncio.all_tasks()) <= tasks_before
+    # The gateway closes its backend connection: the backend sees the disconnect and
+    # stops sending, long before its gigabyte.
+    await eventually(lambda: backend.disconnects == 1)
+    stopped_at = backend.bytes_sent
+    assert stopped_at < 100_000_000
+    await eventually(lambda: len(asyncio.all_tasks()) <= tasks_before)
+    await asyncio.sleep(0.2)
+    assert backend.bytes_sent == stopped_at
 
 
 async def test_body_over_limit_gets_413_before_backend(
