@@ -15,8 +15,18 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.servers import free_port
+from tests.tools import missing
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(autouse=True)
+def chromium_installed() -> None:
+    """Debian's chromium (scripts/setup installs it): missing, fail under CI, else skip."""
+    if not Path(CHROMIUM).exists():
+        missing("chromium", "apt-get install chromium (scripts/setup does)")
+
+
 # Without these, Chromium tries Google's services and the closed network refuses them.
 CHROMIUM_ARGS = [
     "--no-sandbox",

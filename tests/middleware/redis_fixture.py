@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from tests.tools import missing
 
 
 @dataclass
@@ -66,11 +65,7 @@ def redis_server(folder: Path) -> Iterator[RedisServer]:
     """Run redis-server on a free 127.0.0.1 port with ``folder`` as its directory."""
     executable = shutil.which("redis-server")
     if executable is None:
-        # scripts/setup installs it; in CI a missing server must fail, not skip quietly.
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("redis-server", "apt-get install redis-server (scripts/setup does)")
     port = free_port()
     command = [
         executable,
