@@ -265,7 +265,9 @@ async def test_router_validates_host_under_any_server(backend: Backend) -> None:
     router = Router([Route("/", ReverseProxy(f"http://127.0.0.1:{backend.port}"), None, hosts=())])
     async with run_server(plain_config(router, http="h11")) as port:
         answers = [
-            await raw_exchange(port, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            await raw_exchange(
+                port, b"GET / HTTP/1.1\r\nConnection: close\r\nHost: " + host + b"\r\n\r\n"
+            )
             for host in (b"x@admin.example.com", b"a b", b'good.example", for=1')
         ]
     assert [parse_response(raw)[0] for raw in answers] == [400, 400, 400]

@@ -1,8 +1,8 @@
 """A bounded soak: mixed HTTP and WebSocket traffic from a second process against the
 gateway run as a real process; no failures, resources back near the start afterwards.
 
-60 s by default; ``GATEWAY_SOAK_S=600 pytest tests/robustness/test_soak.py`` runs a longer
-(or, for a quick local check, shorter) one.
+30 s by default (the suite stays under 10 minutes); ``GATEWAY_SOAK_S=600 pytest
+tests/robustness/test_soak.py`` runs a longer (or, for a quick local check, shorter) one.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ SOAK_ENV = "GATEWAY_SOAK_S"
 
 
 def soak_seconds() -> float:
-    """The soak's length: ``GATEWAY_SOAK_S`` seconds if set (a positive number), else 60."""
-    text = os.environ.get(SOAK_ENV, "60")
+    """The soak's length: ``GATEWAY_SOAK_S`` seconds if set (a positive number), else 30."""
+    text = os.environ.get(SOAK_ENV, "30")
     try:
         seconds = float(text)
     except ValueError:
