@@ -23,6 +23,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, cast
 
+from gateway.certificates import CertificateStore, offers_acme_alpn
 from gateway.logs import get_logger
 from gateway.refusals import refused
 from gateway.tls import https_url
@@ -136,8 +137,13 @@ class TLSListener:
         handshake_timeout_s: float,
         plain_http: PlainHTTP = "reject",
         https_port: int = 443,
+        certificates: CertificateStore | None = None,
     ) -> None:
         self.sock = sock
+        # With ACME's tls-alpn-01 in use, a ClientHello offering acme-tls/1 gets the
+        # challenge certificate (looked for in the connection's first bytes).
+        self.certificates = certificates
+        self._peek_bytes = 16384 if certificates is not None and certificates.challenges else 1
         self.protocol_factory = protocol_factory
         self.ssl_context = ssl_context
         self.handshake_timeout_s = handshake_timeout_s
@@ -207,7 +213,7 @@ class TLSListener:
             timer.cancel()
         self._forget(conn)
         try:
-            first = conn.recv(1, socket.MSG_PEEK)
+            first = conn.recv(self._peek_bytes, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             # A spurious wake-up: watch again.
             self._loop.add_reader(conn.fileno(), self._first_bytes, conn)
@@ -223,21 +229,26 @@ class TLSListener:
             return
         if first[0] != _TLS_HANDSHAKE_RECORD and 0x41 <= first[0] <= 0x5A:  # "A".."Z"
             self._track(self._plain(conn))
-        else:
-            self._track(self._tls(conn))
+            return
+        context = self.ssl_context
+        if self._peek_bytes > 1 and self.certificates is not None:
+            name = offers_acme_alpn(first)
+            challenge = self.certificates.challenge_context(name) if name else None
+            context = challenge or context
+        self._track(self._tls(conn, context))
 
     def _track(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(coroutine)
         self._starting.add(task)
         task.add_done_callback(self._starting.discard)
 
-    async def _tls(self, conn: socket.socket) -> None:
+    async def _tls(self, conn: socket.socket, context: ssl.SSLContext) -> None:
         address = _peer(conn)
         try:
             await self._loop.connect_accepted_socket(
                 self.protocol_factory,
                 conn,
-                ssl=self.ssl_context,
+                ssl=context,
                 ssl_handshake_timeout=self.handshake_timeout_s,
             )
         except (OSError, ssl.SSLError, TimeoutError) as exc:

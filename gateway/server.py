@@ -25,8 +25,10 @@ from typing import Any
 import uvicorn
 
 from gateway._compat import UvicornConfig, UvicornServer
+from gateway.acme import AcmeManager, AcmeOptions, domains_of
 from gateway.app import close_websockets, create_admin_app, create_app
-from gateway.control import ReloadReport, write_report
+from gateway.certificates import CertificateStore
+from gateway.control import ReloadReport, state_dir, write_report
 from gateway.listener import PlainHTTP, TLSListener
 from gateway.logs import configure_logging, get_logger, quiet_uvicorn
 from gateway.protocols import HTTP_PROTOCOL, WebSocketProtocol
@@ -66,11 +68,24 @@ class _Config(UvicornConfig):
     https_port: int = 443
     tls_profile: TLSProfile = "intermediate"
     ws_send_timeout_s: float | None = None
+    # Certificates by SNI name: [[certificates]] and ACME (gateway.certificates).
+    certificate_specs: tuple[tuple[tuple[str, ...], CertificatePair], ...] = ()
+    reject_unknown_sni: bool = False
+    acme: AcmeOptions | None = None
+    certificates: CertificateStore | None = None
 
     def load(self) -> None:
         super().load()
         if self.ssl is not None:
             harden(self.ssl, self.tls_profile)
+            challenges = self.acme.storage / "tls-alpn-01" if self.acme is not None else None
+            self.certificates = CertificateStore(
+                self.ssl,
+                self.tls_profile,
+                reject_unknown=self.reject_unknown_sni,
+                challenges=challenges,
+            )
+            install_certificates(self.certificates, self.certificate_specs)
 
 
 class GatewayServer(UvicornServer):
@@ -93,6 +108,8 @@ class GatewayServer(UvicornServer):
     ) -> None:
         super().__init__(config)
         self._before_shutdown = before_shutdown
+        self.acme: AcmeManager | None = None
+        self._acme_task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -114,6 +131,7 @@ class GatewayServer(UvicornServer):
                 config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
 
+        store: CertificateStore | None = getattr(config, "certificates", None)
         for sock in sockets:
             listener = TLSListener(
                 sock,
@@ -123,12 +141,21 @@ class GatewayServer(UvicornServer):
                 plain_http=getattr(config, "plain_http", "reject"),
                 # 0: the port this socket was given (tests bind port 0).
                 https_port=getattr(config, "https_port", 0) or sock.getsockname()[1],
+                certificates=store,
             )
             listener.start()
             self.servers.append(listener)  # type: ignore[arg-type]
+        acme: AcmeOptions | None = getattr(config, "acme", None)
+        if acme is not None and store is not None:
+            self.acme = AcmeManager(acme, store)
+            self._acme_task = asyncio.create_task(self.acme.run(), name="ACME")
         self.started = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._acme_task is not None:
+            self._acme_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._acme_task
         if self._before_shutdown is not None:
             for server in self.servers:
                 server.close()
@@ -189,7 +216,57 @@ def uvicorn_config(
     config.tls_profile = settings.tls.profile
     config.ws_send_timeout_s = settings.timeouts.send_s
     config.https_port = settings.listen.public_port or settings.listen.port
+    config.certificate_specs = certificate_specs(settings)
+    config.reject_unknown_sni = settings.tls.unknown_sni == "reject"
+    config.acme = acme_options(settings)
     return config
+
+
+def certificate_specs(
+    settings: Settings,
+) -> tuple[tuple[tuple[str, ...], CertificatePair], ...]:
+    """The ``[[certificates]]`` of ``settings``: (host patterns, files) each."""
+    return tuple(
+        (tuple(entry.hosts), CertificatePair(entry.certfile, entry.keyfile))
+        for entry in settings.certificates
+    )
+
+
+def install_certificates(
+    store: CertificateStore, specs: tuple[tuple[tuple[str, ...], CertificatePair], ...]
+) -> None:
+    """Make ``store`` serve exactly ``specs`` among its file certificates (ACME's stay)."""
+    wanted = {tuple(host.lower() for host in hosts): pair for hosts, pair in specs}
+    for hosts, entry in list(store.installed.items()):
+        if entry.source == "file" and wanted.get(hosts) != entry.pair:
+            store.remove(hosts)
+    for hosts, pair in wanted.items():
+        if hosts not in store.installed:
+            store.install(hosts, pair)
+
+
+def acme_options(settings: Settings) -> AcmeOptions | None:
+    """What the ``[acme]`` section asks for, defaults filled in; None without it."""
+    acme = settings.acme
+    if acme is None:
+        return None
+    challenges = tuple(acme.challenges) or (
+        ("http-01", "tls-alpn-01")
+        if settings.listen.redirect_port is not None
+        else ("tls-alpn-01",)
+    )
+    return AcmeOptions(
+        directory=acme.directory,
+        domains=tuple(acme.domains) or domains_of([route.hosts for route in settings.routes]),
+        storage=acme.storage or state_dir() / "acme",
+        email=acme.email,
+        ca_bundle=acme.ca_bundle,
+        challenges=challenges,
+        renew_before_days=acme.renew_before_days,
+        check_interval_s=acme.check_interval_s,
+        retry_min_s=acme.retry_min_s,
+        retry_max_s=acme.retry_max_s,
+    )
 
 
 ServerList = list[tuple[uvicorn.Server, list[socket.socket]]]
@@ -294,7 +371,9 @@ def gateway_servers(
     for listener in listeners:
         if listener.kind == "redirect":
             https_port = settings.listen.public_port or settings.listen.port
-            redirect = uvicorn_config(RedirectToHttps(https_port), settings, None)
+            acme = acme_options(settings)
+            answers = acme.storage / "http-01" if acme is not None else None
+            redirect = uvicorn_config(RedirectToHttps(https_port, answers), settings, None)
             servers.append(plain_server(redirect, listener.sock))
         elif listener.kind == "admin":
             servers.append(

@@ -35,6 +35,8 @@ from gateway.settings_sources import env_variable_for, field_names_at, line_of, 
 from gateway.upstream import Target
 
 __all__ = [
+    "AcmeSettings",
+    "CertificateSettings",
     "ConfigError",
     "ForwardingSettings",
     "LimitSettings",
@@ -120,11 +122,83 @@ def check_upstream_url(url: str) -> None:
 
 
 class TLSSettings(_Section):
-    """TLS towards clients (the certificate is in [listen])."""
+    """TLS towards clients (the default certificate is in [listen])."""
 
     # Mozilla's server side TLS guideline: "intermediate" (TLS 1.2 with ECDHE and AEAD
     # ciphers, and TLS 1.3) or "modern" (TLS 1.3 only).
     profile: Literal["intermediate", "modern"] = "intermediate"
+    # A client's SNI name that no [[certificates]] entry (nor ACME) covers: "default"
+    # serves the default certificate, "reject" ends the handshake (unrecognized_name).
+    unknown_sni: Literal["default", "reject"] = "default"
+
+
+class CertificateSettings(_Section):
+    """A certificate for some host names (nginx: another server block on 443)."""
+
+    hosts: list[str] = Field(min_length=1)
+    certfile: Path
+    keyfile: Path
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, values: list[str]) -> list[str]:
+        return [normalise_host_pattern(value) for value in values]
+
+    @field_validator("certfile", "keyfile")
+    @classmethod
+    def _check_file(cls, path: Path) -> Path:
+        if not path.is_file():
+            raise ValueError(f"{str(path)!r} does not exist or is not a file")
+        return path
+
+
+class AcmeSettings(_Section):
+    """Automatic HTTPS: certificates from an ACME CA (RFC 8555), obtained and renewed by
+    the gateway (needs ``pip install 'gateway[acme]'``)."""
+
+    # Let's Encrypt; its staging directory for trials:
+    # https://acme-staging-v02.api.letsencrypt.org/directory
+    directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    email: str | None = None
+    # Default: the exact host names of the routes (wildcards cannot be validated so).
+    domains: list[str] = Field(default_factory=list)
+    # The CA's own TLS certificate is checked against this bundle (a private ACME CA).
+    ca_bundle: Path | None = None
+    # Default: STATE_DIR/acme (account key, keys and certificates: 0700 folders, 0600 files).
+    storage: Path | None = None
+    # http-01 is answered on listen.redirect_port, tls-alpn-01 on the TLS listener.
+    # Default: both where possible.
+    challenges: list[Literal["http-01", "tls-alpn-01"]] = Field(default_factory=list)
+    renew_before_days: float = Field(30.0, gt=0)
+    # How often certificates are looked at (renewal information, files of other replicas).
+    check_interval_s: float = Field(43200.0, gt=0)
+    # A failing CA is retried after retry_min_s, doubling up to retry_max_s.
+    retry_min_s: float = Field(60.0, gt=0)
+    retry_max_s: float = Field(86400.0, gt=0)
+
+    @field_validator("directory")
+    @classmethod
+    def _check_directory(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"directory {value!r} must be an https:// URL")
+        return value
+
+    @field_validator("domains")
+    @classmethod
+    def _check_domains(cls, values: list[str]) -> list[str]:
+        names = [normalise_host_pattern(value) for value in values]
+        for name in names:
+            if name.startswith("*."):
+                raise ValueError(f"{name!r}: wildcards need dns-01, which the gateway lacks")
+        return names
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _check_bundle(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{str(path)!r} does not exist or is not a file")
+        return path
 
 
 class TimeoutSettings(_Section):
@@ -448,6 +522,8 @@ class Settings(BaseSettings):
 
     listen: ListenSettings = ListenSettings()
     tls: TLSSettings = TLSSettings()
+    certificates: list[CertificateSettings] = Field(default_factory=list)
+    acme: AcmeSettings | None = None
     routes: list[RouteSettings] = Field(
         default_factory=lambda: [RouteSettings(prefix="/", upstream="http://127.0.0.1:8080")]
     )
@@ -479,6 +555,21 @@ class Settings(BaseSettings):
                 raise ValueError(f"prefix {route.prefix!r}{hosts} appears twice")
             seen.add(key)
         return routes
+
+    @model_validator(mode="after")
+    def _check_acme(self) -> Settings:
+        acme = self.acme
+        if acme is None:
+            return self
+        if not self.listen.tls:
+            raise ValueError("acme: certificates need listen.tls = true")
+        if "http-01" in acme.challenges and self.listen.redirect_port is None:
+            raise ValueError("acme.challenges: http-01 is answered on listen.redirect_port: set it")
+        if not acme.domains and not any(
+            not host.startswith("*.") for route in self.routes for host in route.hosts
+        ):
+            raise ValueError("acme: no domains: set acme.domains, or routes[].hosts")
+        return self
 
     @model_validator(mode="after")
     def _check_upstream_names(self) -> Settings:
@@ -557,6 +648,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                 table[key] = str(base / value)
 
     resolve(data.get("listen"), "certfile", "keyfile")
+    certificates = data.get("certificates")
+    for certificate in certificates if isinstance(certificates, list) else []:
+        resolve(certificate, "certfile", "keyfile")
+    resolve(data.get("acme"), "ca_bundle", "storage")
     routes = data.get("routes")
     for route in routes if isinstance(routes, list) else []:
         resolve(route, "root")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 DEV_CERT_NAMES = ("localhost", "127.0.0.1", "::1")
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 DEV_CERT_DAYS = 365
 
 
@@ -182,11 +185,20 @@ def https_url(host_header: str, https_port: int, target: str) -> str | None:
 class RedirectToHttps:
     """ASGI app for the plain-HTTP listener: 308 to https; ``ws://`` is refused with advice."""
 
-    def __init__(self, https_port: int) -> None:
+    def __init__(self, https_port: int, acme_answers: Path | None = None) -> None:
         self.https_port = https_port
+        # ACME http-01 answers, one file per token (gateway.acme writes them).
+        self.acme_answers = acme_answers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
+            return
+        if (
+            scope["type"] == "http"
+            and self.acme_answers is not None
+            and scope["path"].startswith(ACME_CHALLENGE_PATH)
+        ):
+            await self._acme_answer(scope, send, scope["path"][len(ACME_CHALLENGE_PATH) :])
             return
         hosts = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
         target = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
@@ -230,3 +242,26 @@ class RedirectToHttps:
             await send({"type": "websocket.http.response.body", "body": message})
         else:
             await send({"type": "websocket.close", "code": 1008, "reason": "use wss://"})
+
+    async def _acme_answer(self, scope: Scope, send: Send, token: str) -> None:
+        """Answer an ACME http-01 validation for ``token`` (or 404)."""
+        answer = None
+        if _TOKEN.fullmatch(token) and self.acme_answers is not None:
+            try:
+                answer = (self.acme_answers / token).read_bytes()
+            except OSError:
+                answer = None
+        if answer is None:
+            await send_text(scope, send, 404)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/octet-stream"),
+                    (b"content-length", str(len(answer)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
