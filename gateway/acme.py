@@ -46,12 +46,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.certificates import CertificateStore, not_after
+from gateway.certificates import CertificateStore, iso_time, not_after
 from gateway.errors import MissingExtra
 from gateway.logs import get_logger
 from gateway.tls import CertificatePair
 
-__all__ = ["AcmeManager", "AcmeOptions", "DomainState", "private_folder", "write_private"]
+__all__ = [
+    "AcmeManager",
+    "AcmeOptions",
+    "DomainState",
+    "backoff_s",
+    "domains_of",
+    "private_folder",
+    "renewal_time",
+    "write_private",
+]
 
 logger = get_logger("gateway.acme")
 
@@ -89,25 +98,25 @@ class DomainState:
     next_attempt: datetime.datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        def stamp(value: datetime.datetime | None) -> str | None:
-            return value.isoformat(timespec="seconds") if value is not None else None
-
         return {
-            "domain": self.domain,
-            "not_after": stamp(self.not_after),
-            "days_left": days_left(self.not_after),
-            "renew_at": stamp(self.renew_at),
-            "last_error": self.last_error,
+            "renew_at": iso_time(self.renew_at),
             "failures": self.failures,
-            "next_attempt": stamp(self.next_attempt),
+            "last_error": self.last_error,
+            "next_attempt": iso_time(self.next_attempt),
         }
 
 
-def days_left(when: datetime.datetime | None) -> float | None:
-    """Days from now until ``when`` (negative once past), or None."""
-    if when is None:
-        return None
-    return round((when - _now()).total_seconds() / 86400, 2)
+def renewal_time(
+    expiry: datetime.datetime, renew_before_days: float, suggested: datetime.datetime | None
+) -> datetime.datetime:
+    """When to renew a certificate that expires at ``expiry``: ``renew_before_days``
+    before, or earlier if the CA suggests so (ARI; naive times are UTC)."""
+    fallback = expiry - datetime.timedelta(days=renew_before_days)
+    if suggested is None:
+        return fallback
+    if suggested.tzinfo is None:
+        suggested = suggested.replace(tzinfo=datetime.UTC)
+    return min(suggested, fallback)
 
 
 def _now() -> datetime.datetime:
@@ -151,17 +160,18 @@ class AcmeManager:
         self.store = store
         self.states = {domain: DomainState(domain) for domain in options.domains}
         self.storage = private_folder(options.storage)
-        private_folder(self.storage / "http-01")
-        private_folder(self.storage / "tls-alpn-01")
+        for folder in ("certs", "http-01", "tls-alpn-01"):
+            private_folder(self.storage / folder)
+        store.renewal = self.status
         self._wake = asyncio.Event()
 
     def pair(self, domain: str) -> CertificatePair:
         folder = self.storage / "certs" / domain
         return CertificatePair(folder / "cert.pem", folder / "key.pem")
 
-    def status(self) -> list[dict[str, Any]]:
-        """One entry per domain, for the status page."""
-        return [state.as_dict() for state in self.states.values()]
+    def status(self) -> dict[str, dict[str, Any]]:
+        """The renewal state of each domain, for the status page."""
+        return {domain: state.as_dict() for domain, state in self.states.items()}
 
     # -- the background loop ---------------------------------------------------------
 
@@ -182,7 +192,10 @@ class AcmeManager:
         """Install the stored certificate if new, order one when due; seconds until next."""
         state = self.states[domain]
         pair = self.pair(domain)
-        self._install_stored(domain, pair)
+        if self._install_stored(domain, pair):
+            logger.info(
+                "ACME: serving the certificate for %s, valid until %s", domain, state.not_after
+            )
         now = _now()
         if state.next_attempt is not None and now < state.next_attempt:
             return (state.next_attempt - now).total_seconds()
@@ -210,37 +223,38 @@ class AcmeManager:
         if not ordered:  # another process holds the lock and orders: pick its result up
             return 2.0
         state.failures, state.last_error, state.next_attempt = 0, None, None
-        self._install_stored(domain, pair)
-        logger.info("ACME: certificate for %s obtained, valid until %s", domain, state.not_after)
+        if self._install_stored(domain, pair):
+            logger.info(
+                "ACME: certificate for %s obtained, valid until %s", domain, state.not_after
+            )
         return 0.0
 
-    def _install_stored(self, domain: str, pair: CertificatePair) -> None:
+    def _install_stored(self, domain: str, pair: CertificatePair) -> bool:
+        """Serve the stored certificate of ``domain`` if it is new; True if it was."""
         state = self.states[domain]
         if not (pair.certfile.is_file() and pair.keyfile.is_file()):
-            return
+            return False
         try:
             expiry = not_after(pair.certfile)
-            if state.not_after != expiry or (domain,) not in self.store.installed:
-                self.store.install([domain], pair, source="acme")
-                if state.not_after is None:
-                    logger.info("ACME: serving the stored certificate for %s", domain)
-                state.not_after = expiry
+            if state.not_after == expiry and (domain,) in self.store.installed:
+                return False
+            self.store.install([domain], pair, source="acme")
         except (ssl.SSLError, OSError, ValueError) as exc:
             logger.warning("ACME: stored certificate for %s not usable: %s", domain, exc)
+            return False
+        state.not_after = expiry
+        return True
 
     # -- the ACME protocol (in a worker thread) --------------------------------------
 
     def _renew_at(self, pair: CertificatePair, expiry: datetime.datetime) -> datetime.datetime:
-        """When to renew: the CA's renewal information (ARI) if it has some, else
-        ``renew_before_days`` before the end."""
-        fallback = expiry - datetime.timedelta(days=self.options.renew_before_days)
+        """When to renew: by the CA's renewal information (ARI) where it offers it."""
         try:
-            client = self._client()
-            suggested, _ = client.renewal_time(pair.certfile.read_bytes())
-        except Exception as exc:  # no ARI, or the CA unreachable: the fixed rule decides
+            suggested, _ = self._client().renewal_time(pair.certfile.read_bytes())
+        except Exception as exc:  # the CA unreachable: the fixed rule decides
             logger.debug("ACME: no renewal information (%s)", exc)
-            return fallback
-        return min(suggested, fallback) if suggested is not None else fallback
+            suggested = None
+        return renewal_time(expiry, self.options.renew_before_days, suggested)
 
     def _order_locked(self, domain: str) -> bool:
         """Order under the storage lock; False if another process holds it."""
@@ -351,7 +365,6 @@ class AcmeManager:
                 token = challb.chall.encode("token")
                 path = self.storage / "http-01" / token
                 write_private(path, challb.chall.validation(account_key).encode())
-                path.chmod(0o644)  # read by the redirect listener, which may be another user
                 return challb, lambda path=path: path.unlink(missing_ok=True)
             if kind == "tls-alpn-01":
                 token = challb.chall.jobj["token"]
@@ -439,9 +452,11 @@ def _tls_alpn_certificate(domain: str, key_authorization: str) -> tuple[bytes, b
 def _tls_alpn_response_class() -> Any:
     from acme import challenges
 
-    # The library has no class for tls-alpn-01 (any more): its answer is an empty object.
+    # The library has no class for tls-alpn-01 (any more). Its answer is the object {}:
+    # a response with the (unsent) key authorization as its one field, since the library
+    # sends an object without fields as an empty POST-as-GET, which validates nothing.
     @challenges.ChallengeResponse.register
-    class TLSALPN01Response(challenges.ChallengeResponse):
+    class TLSALPN01Response(challenges.KeyAuthorizationChallengeResponse):
         typ = "tls-alpn-01"
 
     return TLSALPN01Response
@@ -456,7 +471,8 @@ def _kind(chall: Any) -> str:
 def _answer(challb: Any, account_key: Any) -> Any:
     """The ChallengeResponse that tells the CA to validate ``challb`` now."""
     if _kind(challb.chall) == "tls-alpn-01":
-        return _tls_alpn_response_class()()
+        authorization = f"{challb.chall.jobj['token']}.{_thumbprint(account_key)}"
+        return _tls_alpn_response_class()(key_authorization=authorization)
     return challb.chall.response(account_key)
 
 

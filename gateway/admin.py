@@ -97,10 +97,14 @@ class GatewayStatus:
         gateway: Gateway | Callable[[], Gateway | None],
         metrics: Metrics | None = None,
         retired: Callable[[], int] = lambda: 0,
+        *,
+        certificates: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._gateway = gateway
         self.metrics = metrics
         self._retired = retired
+        # The served certificates (``CertificateStore.status``); None without TLS.
+        self._certificates = certificates
 
     def current(self) -> Gateway | None:
         """The gateway being reported on."""
@@ -113,6 +117,7 @@ class GatewayStatus:
             "open_fds": _open_fds(),
             "retired_configurations": self._retired(),
         }
+        certificates = self._certificates() if self._certificates is not None else []
         gateway = self.current()
         if gateway is None:
             return {
@@ -120,6 +125,7 @@ class GatewayStatus:
                 "routes": [],
                 "pool": None,
                 "websocket_sessions": 0,
+                "certificates": certificates,
                 "process": process,
             }
         routes = []
@@ -153,6 +159,7 @@ class GatewayStatus:
             "routes": routes,
             "pool": pool,
             "websocket_sessions": sum(bridge.active_sessions for bridge in gateway.bridges),
+            "certificates": certificates,
             "process": process,
         }
 

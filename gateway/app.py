@@ -364,7 +364,12 @@ def create_admin_app(app: Starlette) -> ASGIApp:
     settings: Settings = app.state.settings
     return admin_app(
         metrics=metrics,
-        status_source=GatewayStatus(lambda: live.gateway, metrics, lambda: len(live.retired)),
+        status_source=GatewayStatus(
+            lambda: live.gateway,
+            metrics,
+            lambda: len(live.retired),
+            certificates=getattr(app.state, "certificate_status", None),
+        ),
         allowed_hosts=settings.admin.allowed_hosts,
         ready_needs_backends=settings.admin.readiness == "backends",
     )

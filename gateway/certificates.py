@@ -21,10 +21,10 @@ from __future__ import annotations
 import datetime
 import ssl
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cryptography import x509
 
@@ -36,6 +36,9 @@ __all__ = [
     "CertificateStore",
     "InstalledCertificate",
     "choose",
+    "days_left",
+    "iso_time",
+    "not_after",
     "offers_acme_alpn",
 ]
 
@@ -131,26 +134,81 @@ def not_after(certfile: Path) -> datetime.datetime:
     return x509.load_pem_x509_certificate(certfile.read_bytes()).not_valid_after_utc
 
 
+def days_left(when: datetime.datetime | None) -> float | None:
+    """Days from now until ``when`` (negative once past), or None."""
+    if when is None:
+        return None
+    now = datetime.datetime.now(datetime.UTC)
+    return round((when - now).total_seconds() / 86400, 2)
+
+
+def iso_time(when: datetime.datetime | None) -> str | None:
+    """``when`` as ISO 8601 to the second, or None."""
+    return when.isoformat(timespec="seconds") if when is not None else None
+
+
+def _entry(
+    hosts: tuple[str, ...],
+    source: str,
+    expiry: datetime.datetime | None,
+    renewal: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "hosts": list(hosts),
+        "source": source,
+        "not_after": iso_time(expiry),
+        "days_left": days_left(expiry),
+        "renewal": dict(renewal) if renewal is not None else None,
+    }
+
+
 class CertificateStore:
-    """Server SSL contexts by host name, for one listener's ``default`` context."""
+    """Server SSL contexts by host name, for one listener's default context (``attach``)."""
 
     def __init__(
         self,
-        default: ssl.SSLContext,
         profile: TLSProfile = "intermediate",
         *,
+        default_pair: CertificatePair | None = None,
         reject_unknown: bool = False,
         challenges: Path | None = None,
     ) -> None:
-        self.default = default
         self.profile: TLSProfile = profile
+        self.default_pair = default_pair
         self.reject_unknown = reject_unknown
         # Where the ACME client leaves tls-alpn-01 certificates (None: no ACME).
         self.challenges = challenges
         self.installed: dict[tuple[str, ...], InstalledCertificate] = {}
         self._exact: dict[str, InstalledCertificate] = {}
         self._wildcard: dict[str, InstalledCertificate] = {}
+        # The ACME manager's view per domain (set when it runs), for ``status``.
+        self.renewal: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
+
+    def attach(self, default: ssl.SSLContext) -> None:
+        """Choose certificates for handshakes on ``default`` (the listener's context)."""
         default.sni_callback = self._sni
+
+    def status(self) -> list[dict[str, Any]]:
+        """What is served, for the status page and metrics: one entry per certificate
+        (the default one first), with the ACME manager's renewal state where it has one."""
+        renewal = dict(self.renewal()) if self.renewal is not None else {}
+        entries: list[dict[str, Any]] = []
+        if self.default_pair is not None:
+            try:
+                expiry: datetime.datetime | None = not_after(self.default_pair.certfile)
+            except (OSError, ValueError):
+                expiry = None
+            entries.append(_entry(("(default)",), "default", expiry, None))
+        for certificate in self.installed.values():
+            state = (
+                renewal.pop(certificate.hosts[0], None) if certificate.source == "acme" else None
+            )
+            entries.append(
+                _entry(certificate.hosts, certificate.source, certificate.not_after, state)
+            )
+        for domain, state in renewal.items():  # ACME domains still without a certificate
+            entries.append(_entry((domain,), "acme", None, state))
+        return entries
 
     def _new_context(
         self, pair: CertificatePair, alpn: Iterable[str] | None = None

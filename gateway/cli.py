@@ -10,19 +10,20 @@ import functools
 import getpass
 import os
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.app import build_gateway
+from gateway.certificate_settings import certificate_problems
 from gateway.control import read_report, report_path, state_dir, write_atomically
 from gateway.demo import demo_app
 from gateway.logs import configure_logging, get_logger
 from gateway.middleware.auth import hash_password
 from gateway.nginx.cli import add_arguments as add_nginx_arguments
 from gateway.nginx.cli import settings_from_nginx
+from gateway.proxy_command import plan_proxy
 from gateway.server import (
     defer_stop_signals,
     gateway_servers,
@@ -36,6 +37,7 @@ from gateway.settings import ConfigError, Settings, load_settings, to_toml
 from gateway.sockets import announce, bind, bind_listeners
 from gateway.tls import (
     CertificatePair,
+    check_pair,
     describe_profile,
     dev_certificate,
     openssl_groups_config,
@@ -64,17 +66,13 @@ def resolve_certificate(settings: Settings) -> CertificatePair | None:
     return pair
 
 
-def check_certificate(pair: CertificatePair | None, where: str) -> list[str]:
-    """Problems loading ``pair`` into an SSL context (wrong key, not PEM, ...)."""
-    if pair is None:
+def check_certificates(settings: Settings, pair: CertificatePair | None, where: str) -> list[str]:
+    """Problems loading the default certificate ``pair`` or the ``[[certificates]]``."""
+    if not settings.listen.tls:
         return []
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-            pair.certfile, pair.keyfile
-        )
-    except (ssl.SSLError, OSError) as exc:
-        return [f"{where}: listen.certfile: cannot load certificate and key: {exc}"]
-    return []
+    problem = check_pair(pair) if pair is not None else None
+    problems = [f"listen.certfile: {problem}"] if problem is not None else []
+    return [f"{where}: {text}" for text in [*problems, *certificate_problems(settings)]]
 
 
 def _load(path: str | None) -> tuple[Settings, str]:
@@ -114,9 +112,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         settings, where = _load(args.config)
         load = functools.partial(load_settings, args.config)
+    return serve(settings, where, load, args.workers, _pid_file(args))
+
+
+def serve(
+    settings: Settings,
+    where: str,
+    load: Callable[[], Settings],
+    workers: int,
+    pid_file: Path,
+) -> int:
+    """Check the certificates, bind, then serve ``settings`` until a signal stops it."""
     configure_logging(settings.log.level)
     pair = resolve_certificate(settings)
-    problems = check_certificate(pair, where)
+    problems = check_certificates(settings, pair, where)
     if problems:
         raise ConfigError(problems)
     listeners = bind_listeners(settings, where)
@@ -124,22 +133,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     announce(listeners, pair is not None, settings)
     if pair is not None:
         log_tls_profile(settings)
-    pid_file = _pid_file(args)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(pid_file, f"{os.getpid()}\n")
     report = report_path(pid_file)
     logger.info(
-        "gateway starting: pid %d, %d worker(s), settings from %s", os.getpid(), args.workers, where
+        "gateway starting: pid %d, %d worker(s), settings from %s", os.getpid(), workers, where
     )
     try:
-        if args.workers > 1:
-            return run_workers(settings, pair, listeners, args.workers, load, where, report)
+        if workers > 1:
+            return run_workers(settings, pair, listeners, workers, load, where, report)
         run_worker(settings, pair, listeners, load, where, report)
     finally:
         pid_file.unlink(missing_ok=True)
         report.unlink(missing_ok=True)
         logger.info("gateway stopped")
     return 0
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    """A gateway from two arguments: --from HOST[:PORT] --to URL (see gateway.proxy_command)."""
+    plan = plan_proxy(
+        args.source,
+        args.to,
+        acme_directory=args.acme_directory,
+        acme_ca_bundle=args.acme_ca_bundle,
+        acme_storage=args.acme_storage,
+        email=args.email,
+        host=args.host,
+        redirect_port=args.redirect_port,
+    )
+    settings = plan.settings
+    route = settings.routes[0]
+    if plan.acme and settings.acme is not None:
+        certificate = (
+            f"a certificate for {', '.join(settings.acme.domains)} from {settings.acme.directory}"
+            f" (ACME; http-01 on port {settings.listen.redirect_port}, tls-alpn-01 on"
+            f" {settings.listen.port}), the development certificate until it arrives"
+        )
+    else:
+        certificate = "the development certificate (browsers will warn)"
+    print(
+        f"gateway proxy: https on {settings.listen.host}:{settings.listen.port} -> "
+        f"{route.upstream}, with {certificate}",
+        flush=True,
+    )
+    print(f"open {plan.url}", flush=True)
+    load = functools.partial(Settings.model_copy, settings)  # SIGHUP: the same settings
+    return serve(settings, "proxy", load, args.workers, _pid_file(args))
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -185,10 +225,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         settings, where = _load(args.config)
     listen = settings.listen
-    if listen.tls and listen.certfile is not None and listen.keyfile is not None:
-        problems = check_certificate(CertificatePair(listen.certfile, listen.keyfile), where)
-        if problems:
-            raise ConfigError(problems)
+    given = listen.certfile is not None and listen.keyfile is not None
+    pair = CertificatePair(listen.certfile, listen.keyfile) if given else None  # type: ignore[arg-type]
+    problems = check_certificates(settings, pair, where)
+    if problems:
+        raise ConfigError(problems)
     print(to_toml(settings), end="")
     if listen.tls:
         print(f"# TLS profile {describe_profile(settings.tls.profile)}", file=sys.stderr)
@@ -291,6 +332,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="with --nginx: refuse anything untranslatable"
     )
     run.set_defaults(func=cmd_run)
+
+    proxy = sub.add_parser(
+        "proxy",
+        help="one-line start: https for HOST (ACME for a public name) in front of URL",
+        description="Run a gateway with default settings and one route: https://HOST[:PORT]/"
+        " to URL. A public HOST gets ports 443 and 80 and a certificate from Let's Encrypt"
+        " (ACME); localhost, an IP or a reserved name (.test, .internal...) gets port 8443"
+        " on loopback and the development certificate.",
+    )
+    proxy.add_argument("--from", dest="source", required=True, metavar="HOST[:PORT]")
+    proxy.add_argument("--to", required=True, metavar="URL", help="backend, e.g. localhost:8080")
+    proxy.add_argument("--host", help="address to listen on (0.0.0.0; 127.0.0.1 for local)")
+    proxy.add_argument("--redirect-port", type=int, help="http listener (80 with ACME)")
+    proxy.add_argument("--email", help="contact address for the ACME account")
+    proxy.add_argument("--acme-directory", metavar="URL", help="ACME CA (Let's Encrypt)")
+    proxy.add_argument("--acme-ca-bundle", type=Path, metavar="FILE", help="trust for the CA")
+    proxy.add_argument("--acme-storage", type=Path, metavar="DIR", help="STATE_DIR/acme")
+    proxy.add_argument("--workers", type=_positive, default=1, help="worker processes (1)")
+    proxy.add_argument("--pid-file", help="default: $GATEWAY_STATE_DIR/gateway.pid")
+    proxy.set_defaults(func=cmd_proxy)
     add_nginx_arguments(sub)
 
     reload = sub.add_parser(
@@ -351,7 +412,7 @@ def _positive(value: str) -> int:
 
 
 # The commands that serve TLS, and so restart once with the OpenSSL groups configuration.
-_SERVING = ("run", "demo")
+_SERVING = ("run", "demo", "proxy")
 _GROUPS_MARK = "GATEWAY_OPENSSL_GROUPS"
 
 

@@ -16,6 +16,8 @@ Who reports what, without importing this module (plain values and duck typing):
   backend leg cannot be opened.
 - Target health and backend pool sizes are read at scrape time from the upstreams that
   ``watch_upstreams(callable)`` returns (by name: ``status()`` and ``transport.pool_stats()``).
+- Certificates likewise from ``watch_certificates(callable)``: entries with ``hosts``,
+  ``days_left`` and ``renewal`` (``gateway.certificates.CertificateStore.status``).
 
 Metric names (namespace ``gateway``)::
 
@@ -33,6 +35,9 @@ Metric names (namespace ``gateway``)::
     gateway_edge_refusals_total{reason}                   counter, process-wide: bad_host,
         bad_version, no_version, bad_framing, malformed, request_trailer, plain_http,
         tls_handshake, invalid_websocket_data
+    gateway_certificate_expiry_days{host}                 gauge, days until the certificate
+        served for host ends ("(default)": the default one)
+    gateway_certificate_renewal_failures{host}            gauge, ACME orders failed in a row
 
 plus ``process_*`` (CPU, memory, open files) unless ``process_metrics=False``.
 ``direction`` is ``client_to_backend`` or ``backend_to_client``; status classes come
@@ -292,6 +297,39 @@ class _RefusalCollector(Collector):
         yield family
 
 
+class _CertificateCollector(Collector):
+    """Days until each served certificate ends, and failed renewals, read on scrapes."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self.source: Callable[[], Sequence[Mapping[str, Any]]] | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+    def collect(self) -> Iterable[Metric]:
+        if self.source is None:
+            return
+        expiry = GaugeMetricFamily(
+            f"{self.namespace}_certificate_expiry_days",
+            "Days until the certificate served for the host name ends.",
+            labels=["host"],
+        )
+        failures = GaugeMetricFamily(
+            f"{self.namespace}_certificate_renewal_failures",
+            "ACME orders for the host name that failed in a row (0: none).",
+            labels=["host"],
+        )
+        for entry in self.source():
+            for host in entry["hosts"]:
+                if entry["days_left"] is not None:
+                    expiry.add_metric([host], entry["days_left"])
+                if entry["renewal"] is not None:
+                    failures.add_metric([host], entry["renewal"]["failures"])
+        yield expiry
+        yield failures
+
+
 class UpstreamView(Protocol):
     """What the metrics read of an upstream (``gateway.upstream.Upstream`` has it)."""
 
@@ -347,6 +385,8 @@ class Metrics:
         self._upstreams = _UpstreamCollector(namespace)
         self.registry.register(self._upstreams)
         self.registry.register(_RefusalCollector(namespace))
+        self._certificates = _CertificateCollector(namespace)
+        self.registry.register(self._certificates)
         if process_metrics:
             ProcessCollector(registry=self.registry)
         self.recent_errors: deque[ErrorRecord] = deque(maxlen=max_recent_errors)
@@ -385,6 +425,10 @@ class Metrics:
     def watch_upstreams(self, source: Callable[[], Mapping[str, UpstreamView]] | None) -> None:
         """Read target health and pool sizes from ``source()`` (upstreams by name) on scrapes."""
         self._upstreams.source = source
+
+    def watch_certificates(self, source: Callable[[], Sequence[Mapping[str, Any]]]) -> None:
+        """Read the served certificates from ``source()`` on scrapes."""
+        self._certificates.source = source
 
     def record_error(self, route: str, kind: str, message: str) -> None:
         """Keep an error for the status page (the last ``max_recent_errors``)."""

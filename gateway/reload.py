@@ -1,4 +1,4 @@
-"""Reloading a running gateway: settings on SIGHUP, the certificate when its files change.
+"""Reloading a running gateway: settings on SIGHUP, certificates when their files change.
 
 A new configuration is built completely before it replaces the old one; an invalid one
 is logged line by line (and reported to ``gateway reload``) and the running one kept.
@@ -17,6 +17,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from gateway.app import build_gateway, reload_app
+from gateway.certificate_settings import certificate_problems, install_certificates
+from gateway.certificates import CertificateStore
 from gateway.control import ReloadReport, write_report
 from gateway.logs import get_logger
 from gateway.settings import ConfigError, Settings
@@ -57,6 +59,9 @@ class Reloader:
         try:
             settings = self.load()
             try:
+                problems = certificate_problems(settings)
+                if problems:
+                    raise ConfigError(problems)
                 for app in self.apps:
                     await reload_app(app, settings)
             except ConfigError as exc:
@@ -68,6 +73,10 @@ class Reloader:
             return False
         if settings.listen != self.settings.listen:
             logger.warning("reload: [listen] changes take effect after a restart")
+        if settings.acme != self.settings.acme:
+            logger.warning("reload: [acme] changes take effect after a restart")
+        for store in self.stores():
+            install_certificates(store, settings)
         for key in _LISTENER_TIMEOUTS:
             if getattr(settings.timeouts, key) != getattr(self.settings.timeouts, key):
                 logger.warning("reload: timeouts.%s takes effect after a restart", key)
@@ -80,6 +89,11 @@ class Reloader:
     def _publish(self, ok: bool, problems: list[str]) -> None:
         if self.report is not None:
             write_report(self.report, ReloadReport(os.getpid(), ok, problems))
+
+    def stores(self) -> list[CertificateStore]:
+        """The certificates by SNI name of this process's TLS listeners."""
+        stores = (getattr(config, "certificates", None) for config in self.configs)
+        return [store for store in stores if store is not None]
 
     def _certificate_stamp(self) -> tuple[int, int, int, int] | None:
         if self.pair is None:
@@ -118,6 +132,9 @@ class Reloader:
         while True:
             await asyncio.sleep(interval_s)
             self.reload_certificate()
+            for store in self.stores():
+                for hosts in store.reload_changed():
+                    logger.info("certificate for %s reloaded", hosts)
 
 
 def check_reload(load: Callable[[], Settings], where: str) -> list[str]:
@@ -125,6 +142,9 @@ def check_reload(load: Callable[[], Settings], where: str) -> list[str]:
     try:
         settings = load()
         try:
+            problems = certificate_problems(settings)
+            if problems:
+                raise ConfigError(problems)
             build_gateway(settings)
         except ConfigError as exc:
             raise ConfigError([f"{where}: {problem}" for problem in exc.problems]) from None

@@ -25,10 +25,11 @@ from typing import Any
 import uvicorn
 
 from gateway._compat import UvicornConfig, UvicornServer
-from gateway.acme import AcmeManager, AcmeOptions, domains_of
+from gateway.acme import AcmeManager, AcmeOptions
 from gateway.app import close_websockets, create_admin_app, create_app
+from gateway.certificate_settings import acme_options, certificate_store
 from gateway.certificates import CertificateStore
-from gateway.control import ReloadReport, state_dir, write_report
+from gateway.control import ReloadReport, write_report
 from gateway.listener import PlainHTTP, TLSListener
 from gateway.logs import configure_logging, get_logger, quiet_uvicorn
 from gateway.protocols import HTTP_PROTOCOL, WebSocketProtocol
@@ -69,23 +70,15 @@ class _Config(UvicornConfig):
     tls_profile: TLSProfile = "intermediate"
     ws_send_timeout_s: float | None = None
     # Certificates by SNI name: [[certificates]] and ACME (gateway.certificates).
-    certificate_specs: tuple[tuple[tuple[str, ...], CertificatePair], ...] = ()
-    reject_unknown_sni: bool = False
-    acme: AcmeOptions | None = None
     certificates: CertificateStore | None = None
+    acme: AcmeOptions | None = None
 
     def load(self) -> None:
         super().load()
         if self.ssl is not None:
             harden(self.ssl, self.tls_profile)
-            challenges = self.acme.storage / "tls-alpn-01" if self.acme is not None else None
-            self.certificates = CertificateStore(
-                self.ssl,
-                self.tls_profile,
-                reject_unknown=self.reject_unknown_sni,
-                challenges=challenges,
-            )
-            install_certificates(self.certificates, self.certificate_specs)
+            if self.certificates is not None:
+                self.certificates.attach(self.ssl)
 
 
 class GatewayServer(UvicornServer):
@@ -176,9 +169,15 @@ def max_head_bytes(settings: Settings) -> int:
 
 
 def uvicorn_config(
-    app: object, settings: Settings, pair: CertificatePair | None, *, access_log: bool = False
+    app: object,
+    settings: Settings,
+    pair: CertificatePair | None,
+    *,
+    access_log: bool = False,
+    certificates: CertificateStore | None = None,
 ) -> uvicorn.Config:
-    """uvicorn settings for a gateway listener: fastest loop/parser available, our TLS."""
+    """uvicorn settings for a gateway listener: fastest loop/parser available, our TLS
+    (``pair`` the default certificate, ``certificates`` those by SNI name)."""
     quiet_uvicorn()
     config = _Config(
         app,  # type: ignore[arg-type]
@@ -216,57 +215,10 @@ def uvicorn_config(
     config.tls_profile = settings.tls.profile
     config.ws_send_timeout_s = settings.timeouts.send_s
     config.https_port = settings.listen.public_port or settings.listen.port
-    config.certificate_specs = certificate_specs(settings)
-    config.reject_unknown_sni = settings.tls.unknown_sni == "reject"
-    config.acme = acme_options(settings)
+    if pair is not None:
+        config.certificates = certificates or certificate_store(settings, pair)
+        config.acme = acme_options(settings)
     return config
-
-
-def certificate_specs(
-    settings: Settings,
-) -> tuple[tuple[tuple[str, ...], CertificatePair], ...]:
-    """The ``[[certificates]]`` of ``settings``: (host patterns, files) each."""
-    return tuple(
-        (tuple(entry.hosts), CertificatePair(entry.certfile, entry.keyfile))
-        for entry in settings.certificates
-    )
-
-
-def install_certificates(
-    store: CertificateStore, specs: tuple[tuple[tuple[str, ...], CertificatePair], ...]
-) -> None:
-    """Make ``store`` serve exactly ``specs`` among its file certificates (ACME's stay)."""
-    wanted = {tuple(host.lower() for host in hosts): pair for hosts, pair in specs}
-    for hosts, entry in list(store.installed.items()):
-        if entry.source == "file" and wanted.get(hosts) != entry.pair:
-            store.remove(hosts)
-    for hosts, pair in wanted.items():
-        if hosts not in store.installed:
-            store.install(hosts, pair)
-
-
-def acme_options(settings: Settings) -> AcmeOptions | None:
-    """What the ``[acme]`` section asks for, defaults filled in; None without it."""
-    acme = settings.acme
-    if acme is None:
-        return None
-    challenges = tuple(acme.challenges) or (
-        ("http-01", "tls-alpn-01")
-        if settings.listen.redirect_port is not None
-        else ("tls-alpn-01",)
-    )
-    return AcmeOptions(
-        directory=acme.directory,
-        domains=tuple(acme.domains) or domains_of([route.hosts for route in settings.routes]),
-        storage=acme.storage or state_dir() / "acme",
-        email=acme.email,
-        ca_bundle=acme.ca_bundle,
-        challenges=challenges,
-        renew_before_days=acme.renew_before_days,
-        check_interval_s=acme.check_interval_s,
-        retry_min_s=acme.retry_min_s,
-        retry_max_s=acme.retry_max_s,
-    )
 
 
 ServerList = list[tuple[uvicorn.Server, list[socket.socket]]]
@@ -367,6 +319,10 @@ def gateway_servers(
 ) -> ServerList:
     """A uvicorn server for each listener: the gateway, the https redirect, the admin."""
     app = create_app(settings)
+    certificates = certificate_store(settings, pair) if pair is not None else None
+    if certificates is not None:  # on the admin listener's status page and metrics
+        app.state.certificate_status = certificates.status
+        app.state.metrics.watch_certificates(certificates.status)
     servers: ServerList = []
     for listener in listeners:
         if listener.kind == "redirect":
@@ -380,7 +336,7 @@ def gateway_servers(
                 plain_server(uvicorn_config(create_admin_app(app), settings, None), listener.sock)
             )
         else:
-            config = uvicorn_config(app, settings, pair)
+            config = uvicorn_config(app, settings, pair, certificates=certificates)
             grace_s = settings.timeouts.shutdown_grace_s
             before = functools.partial(close_websockets, app, grace_s)
             servers.append((GatewayServer(config, before_shutdown=before), [listener.sock]))

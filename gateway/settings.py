@@ -557,7 +557,9 @@ class Settings(BaseSettings):
         return routes
 
     @model_validator(mode="after")
-    def _check_acme(self) -> Settings:
+    def _check_certificates(self) -> Settings:
+        if self.certificates and not self.listen.tls:
+            raise ValueError("certificates: served on the TLS listener: set listen.tls = true")
         acme = self.acme
         if acme is None:
             return self
@@ -618,6 +620,15 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError(_describe(source, text, exc)) from None
 
 
+def settings_from(data: dict[str, Any], where: str) -> Settings:
+    """Settings from ``data`` built by a command (``where`` names it in problems) and the
+    environment. Raises ConfigError with one line per problem."""
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(None, "", exc, where)) from None
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -657,9 +668,12 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         resolve(route, "root")
 
 
-def _describe(source: Path | None, text: str, exc: ValidationError) -> list[str]:
+def _describe(
+    source: Path | None, text: str, exc: ValidationError, origin: str = "environment"
+) -> list[str]:
     """One line per problem, naming where the value came from: the environment variable
-    that set it, else the file and line (or the file alone where the line is unknown)."""
+    that set it, else the file and line (or the file alone where the line is unknown),
+    else ``origin``."""
     problems = []
     for error in exc.errors(include_url=False):
         location = error["loc"]
@@ -676,7 +690,7 @@ def _describe(source: Path | None, text: str, exc: ValidationError) -> list[str]
             line = line_of(text, location) if location else None
             where = f"{source}:{line}" if line else str(source)
         else:
-            where = "environment"
+            where = origin
         # Checks across sections name their keys in the message themselves.
         problems.append(f"{where}: {key}: {message}" if key else f"{where}: {message}")
     return problems

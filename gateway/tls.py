@@ -28,6 +28,7 @@ __all__ = [
     "CertificatePair",
     "RedirectToHttps",
     "TLSProfile",
+    "check_pair",
     "describe_profile",
     "dev_certificate",
     "harden",
@@ -69,6 +70,15 @@ INTERMEDIATE_CIPHERS = ":".join(
 # a context (set_ecdh_curve sets exactly one), so they reach OpenSSL through a
 # configuration file read when the process starts (see openssl_groups_config).
 TLS_GROUPS = "X25519:P-256:P-384"
+
+
+def check_pair(pair: CertificatePair) -> str | None:
+    """Why ``pair`` does not load into an SSL context (wrong key, not PEM, ...), or None."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(pair.certfile, pair.keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        return f"cannot load certificate and key: {exc}"
+    return None
 
 
 def describe_profile(profile: TLSProfile) -> str:

@@ -48,6 +48,29 @@ function renderErrors(errors) {
   document.querySelector("#recent-errors tbody").replaceChildren(...rows);
   document.getElementById("no-errors").hidden = errors.length > 0;
 }
+function renewalText(renewal) {
+  if (!renewal) return "-";
+  if (renewal.last_error) {
+    return renewal.failures + " failed, next try " + (renewal.next_attempt || "soon") +
+      ": " + renewal.last_error;
+  }
+  return renewal.renew_at ? "renews " + renewal.renew_at : "ordering";
+}
+function renderCertificates(certificates) {
+  const rows = certificates.map((certificate) => {
+    const row = el("tr");
+    row.dataset.hosts = certificate.hosts.join(",");
+    const days = certificate.days_left;
+    const state = days === null ? "missing" : days < 7 ? "expiring" : "valid";
+    row.append(el("td", certificate.hosts.join(", "), "mono"), el("td", certificate.source),
+               el("td", certificate.not_after || "none yet", "mono"),
+               el("td", days === null ? "-" : days.toFixed(1), "num " + state),
+               el("td", renewalText(certificate.renewal)));
+    return row;
+  });
+  document.querySelector("#certificates tbody").replaceChildren(...rows);
+  document.getElementById("certificates-section").hidden = certificates.length === 0;
+}
 function render(status) {
   show("rate", Number(status.requests_per_s).toFixed(1));
   show("requests", status.requests_total);
@@ -61,6 +84,7 @@ function render(status) {
   ready.dataset.ready = String(status.ready.ok);
   ready.textContent = status.ready.ok ? "ready" : "not ready: " + status.ready.reason;
   renderRoutes(status.routes || []);
+  renderCertificates(status.certificates || []);
   renderErrors(status.recent_errors || []);
   const when = new Date(status.time_s * 1000).toLocaleTimeString([], {hour12: false});
   show("updated", "updated " + when);
