@@ -283,10 +283,10 @@ class AcmeManager:
 
         key = self._account_key()
         verify: bool | str = str(self.options.ca_bundle) if self.options.ca_bundle else True
-        net = client.ClientNetwork(
+        net = _network_class()(
             key,
             alg=_es256(),
-            verify_ssl=verify,  # type: ignore[arg-type]  # requests takes a bundle path too
+            verify_ssl=verify,  # requests takes a bundle path too
             user_agent="gateway-acme",
             timeout=int(self.options.timeout_s),
         )
@@ -446,6 +446,29 @@ def _tls_alpn_certificate(domain: str, key_authorization: str) -> tuple[bytes, b
         .sign(key, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM), _pem(key)
+
+
+# RFC 8555 section 6.5: a request refused for its nonce is retried with a fresh one. The
+# library retries once; a CA that rejects many nonces in a row gets a few more tries.
+_NONCE_RETRIES = 5
+
+
+@functools.cache
+def _network_class() -> Any:
+    from acme import client, messages
+
+    class Network(client.ClientNetwork):
+        def post(self, *args: Any, **kwargs: Any) -> Any:
+            for _ in range(_NONCE_RETRIES - 1):
+                try:
+                    return super().post(*args, **kwargs)
+                except messages.Error as error:
+                    if error.code != "badNonce":
+                        raise
+                    logger.debug("ACME: the CA rejected a nonce twice; trying again")
+            return super().post(*args, **kwargs)
+
+    return Network
 
 
 @functools.cache

@@ -1,15 +1,18 @@
-"""The ``[listen]`` section: where the gateway listens, its TLS certificate and versions.
+"""The ``[listen]`` section: where the gateway listens, its TLS certificates and versions.
 
-nginx can give each server its own certificate (SNI) and several (RSA and ECDSA); the
-gateway serves one chain: the default server's.  Other certificates are noted, so that
-the one kept can be checked to cover every name.  ``ssl_protocols`` is compared with the
-gateway's TLS 1.2+ and the difference noted.  Relative certificate paths are resolved
-against nginx's configuration folder, as nginx does.
+The default server's certificate becomes the default one (``listen.certfile``); another
+server with a certificate of its own becomes a ``[[certificates]]`` entry for its
+``server_name`` names, chosen by SNI as nginx does.  nginx can also give one server several
+(RSA and ECDSA); the gateway serves one chain per name, and notes the others.
+``ssl_protocols`` is compared with the gateway's TLS 1.2+ and the difference noted.
+Relative certificate paths are resolved against nginx's configuration folder, as nginx
+does.
 """
 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -17,8 +20,9 @@ from gateway.nginx.context import Recorder, Scope
 from gateway.nginx.notes import APPROXIMATED, UNSUPPORTED
 from gateway.nginx.parser import Directive
 from gateway.nginx.servers import Listener, Server
+from gateway.routing import normalise_host_pattern
 
-__all__ = ["listen_section"]
+__all__ = ["certificate_entries", "listen_section"]
 
 _OLD_PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1")
 
@@ -62,14 +66,6 @@ def _certificates(
     for server in listener.servers:
         for name in ("ssl_certificate", "ssl_certificate_key"):
             found = server.scope.get(name)
-            chosen = certificate if name == "ssl_certificate" else key
-            if found is not None and found is not chosen and found.args != chosen.args:
-                recorder.note(
-                    found,
-                    APPROXIMATED,
-                    f"the gateway serves one certificate ({chosen.file}:{chosen.line}): "
-                    f"it must cover {', '.join(n for n in server.names if n) or 'this server'}",
-                )
             extra = [d for d in _level_of(server.scope, name) if d is not found]
             for directive in extra:
                 recorder.note(
@@ -77,6 +73,54 @@ def _certificates(
                     UNSUPPORTED,
                     "a second certificate (e.g. ECDSA beside RSA): the gateway serves one",
                 )
+
+
+def certificate_entries(
+    listener: Listener, recorder: Recorder, conf_dir: str
+) -> list[dict[str, Any]]:
+    """``[[certificates]]``: one per server whose certificate differs from the default
+    server's, for that server's names (``.example.com`` also covers its subdomains)."""
+    if not listener.tls:
+        return []
+    default = listener.default
+    chosen = (default.scope.get("ssl_certificate"), default.scope.get("ssl_certificate_key"))
+    entries: list[dict[str, Any]] = []
+    for server in listener.servers:
+        if server is default:
+            continue
+        own = (server.scope.get("ssl_certificate"), server.scope.get("ssl_certificate_key"))
+        if own[0] is None or own[1] is None:
+            continue
+        if all(c is not None and o.args == c.args for o, c in zip(own, chosen, strict=True)):  # type: ignore[union-attr]
+            continue
+        hosts = _host_patterns(server.names)
+        if not hosts:
+            recorder.note(
+                own[0],
+                UNSUPPORTED,
+                "a certificate for a server without a server_name the gateway can match",
+            )
+            continue
+        certfile = _path(own[0], recorder, conf_dir)
+        keyfile = _path(own[1], recorder, conf_dir)
+        if certfile is not None and keyfile is not None:
+            entries.append({"hosts": hosts, "certfile": certfile, "keyfile": keyfile})
+    return entries
+
+
+def _host_patterns(names: Sequence[str]) -> list[str]:
+    """Plain and ``*.`` names as host patterns; regex and empty names are left out (the
+    route translation notes them)."""
+    patterns: list[str] = []
+    for name in names:
+        if name in ("", "_") or name.startswith("~") or "$" in name:
+            continue
+        candidates = [name[1:], "*" + name] if name.startswith(".") else [name]
+        try:
+            patterns += [normalise_host_pattern(candidate) for candidate in candidates]
+        except ValueError:
+            continue
+    return list(dict.fromkeys(patterns))
 
 
 def _path(directive: Directive, recorder: Recorder, conf_dir: str) -> str | None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from gateway.nginx.catalog import HANDLED, generic_note
 from gateway.nginx.context import Recorder, Scope
-from gateway.nginx.listen import listen_section
+from gateway.nginx.listen import certificate_entries, listen_section
 from gateway.nginx.notes import APPROXIMATED, DIFFERS, INFO, NOT_NEEDED, UNSUPPORTED, Note
 from gateway.nginx.parser import RAW_BLOCKS, Directive
 from gateway.nginx.routes import RouteDraft, RouteMaker
@@ -134,6 +134,9 @@ class _Translator:
     def _serve(self, http: Scope, listener: Listener, settings: dict[str, Any]) -> list[str]:
         recorder = self.recorder
         settings["listen"] = listen_section(listener, recorder, self.conf_dir)
+        certificates = certificate_entries(listener, recorder, self.conf_dir)
+        if certificates:
+            settings["certificates"] = certificates
         maps = {
             d.args[1].removeprefix("$").strip("{}"): d
             for d in http.here("map")
