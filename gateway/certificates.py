@@ -10,10 +10,12 @@ default certificate. A name that matches nothing gets the default certificate, o
 Certificates are reloaded when their files change (``reload_changed``), so renewed ones
 are served to new handshakes without a restart; open connections keep theirs.
 
-ACME's tls-alpn-01 challenge (RFC 8737) needs its own certificate for a handshake that
-offers the ALPN protocol ``acme-tls/1``: ``offers_acme_alpn`` spots it in the first
-bytes of a connection (read with MSG_PEEK by the listener), and ``challenge_context``
-loads the challenge certificate the ACME client left in its storage.
+The listener reads the ClientHello in a connection's first bytes (MSG_PEEK, before the
+handshake; ``read_hello``) when it needs to: to answer an unknown name with a proper
+unrecognized_name alert (the SNI callback refuses too, but asyncio closes without
+sending its alert), and for ACME's tls-alpn-01 challenge (RFC 8737), whose handshake
+offers the ALPN protocol ``acme-tls/1`` and gets the challenge certificate the ACME
+client left in its storage (``challenge_context``).
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ from gateway.tls import CertificatePair, TLSProfile, harden
 __all__ = [
     "ACME_TLS_ALPN",
     "CertificateStore",
+    "ClientHello",
     "InstalledCertificate",
     "choose",
     "days_left",
     "iso_time",
     "not_after",
     "offers_acme_alpn",
+    "read_hello",
 ]
 
 logger = get_logger("gateway.certificates")
@@ -69,18 +73,34 @@ def choose(name: str | None, exact: Mapping[str, T], wildcard: Mapping[str, T]) 
     return None
 
 
-def offers_acme_alpn(hello: bytes) -> str | None:
-    """The SNI name of a TLS ClientHello (the connection's first bytes) that offers the
-    ALPN protocol ``acme-tls/1``, else None. Pure; tolerant of truncated input."""
-    if ACME_TLS_ALPN not in hello:  # every other client: one substring search
-        return None
+@dataclass(frozen=True)
+class ClientHello:
+    """What the gateway reads of a TLS ClientHello before the handshake."""
+
+    server_name: str | None
+    alpn: tuple[bytes, ...]
+
+
+def read_hello(data: bytes) -> ClientHello | None:
+    """The SNI name and ALPN protocols of the ClientHello at the start of ``data`` (a
+    connection's first bytes), or None if it is not one or is cut short. Pure."""
     try:
-        return _parse_hello(hello)
+        return _parse_hello(data)
     except (IndexError, struct.error, ValueError):
         return None
 
 
-def _parse_hello(data: bytes) -> str | None:
+def offers_acme_alpn(hello: bytes) -> str | None:
+    """The SNI name of a ClientHello that offers the ALPN protocol ``acme-tls/1``."""
+    if ACME_TLS_ALPN not in hello:  # every other client: one substring search
+        return None
+    parsed = read_hello(hello)
+    if parsed is None or ACME_TLS_ALPN not in parsed.alpn:
+        return None
+    return parsed.server_name
+
+
+def _parse_hello(data: bytes) -> ClientHello | None:
     if data[0] != 0x16 or data[5] != 0x01:  # handshake record, ClientHello
         return None
     position = 9 + 2 + 32  # record and handshake headers, version, random
@@ -91,22 +111,24 @@ def _parse_hello(data: bytes) -> str | None:
     (extensions_length,) = struct.unpack_from("!H", data, position)
     position += 2
     end = position + extensions_length
+    if end > len(data):
+        return None  # the rest is still on its way: judge nothing
     name: str | None = None
-    alpn = False
-    while position + 4 <= min(end, len(data)):
+    alpn: list[bytes] = []
+    while position + 4 <= end:
         kind, length = struct.unpack_from("!HH", data, position)
         body = data[position + 4 : position + 4 + length]
         position += 4 + length
         if kind == 0:  # server_name: list length, type 0, name length, name
             (name_length,) = struct.unpack_from("!H", body, 3)
-            name = body[5 : 5 + name_length].decode("ascii").lower()
+            name = body[5 : 5 + name_length].decode("ascii").lower().rstrip(".")
         elif kind == 16:  # ALPN: list length, then length-prefixed names
             offset = 2
             while offset < len(body):
                 size = body[offset]
-                alpn = alpn or body[offset + 1 : offset + 1 + size] == ACME_TLS_ALPN
+                alpn.append(body[offset + 1 : offset + 1 + size])
                 offset += 1 + size
-    return name if alpn else None
+    return ClientHello(name, tuple(alpn))
 
 
 @dataclass
@@ -249,6 +271,11 @@ class CertificateStore:
     def entry_for(self, name: str | None) -> InstalledCertificate | None:
         """The certificate served for the SNI ``name`` (None: the default one)."""
         return choose(name, self._exact, self._wildcard)
+
+    def rejects(self, name: str | None) -> bool:
+        """True if a handshake for the SNI ``name`` is refused (unknown, and the settings
+        say so). No name (a client that connects by IP address) gets the default."""
+        return bool(name) and self.reject_unknown and self.entry_for(name) is None
 
     def _sni(
         self, ssl_object: ssl.SSLObject, name: str | None, context: ssl.SSLContext

@@ -23,7 +23,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, cast
 
-from gateway.certificates import CertificateStore, offers_acme_alpn
+from gateway.certificates import ACME_TLS_ALPN, CertificateStore, read_hello
 from gateway.logs import get_logger
 from gateway.refusals import refused
 from gateway.tls import https_url
@@ -35,6 +35,8 @@ logger = get_logger("gateway.listener")
 PlainHTTP = Literal["reject", "redirect"]
 
 _TLS_HANDSHAKE_RECORD = 0x16
+# A TLS alert record (type 21, version 3.1, length 2): fatal (2), unrecognized_name (112).
+_UNRECOGNIZED_NAME_ALERT = bytes([21, 3, 1, 0, 2, 2, 112])
 _MAX_PLAIN_HEAD_BYTES = 8192
 _ACCEPTS_PER_WAKEUP = 64
 _EMFILE_PAUSE_S = 1.0
@@ -140,10 +142,13 @@ class TLSListener:
         certificates: CertificateStore | None = None,
     ) -> None:
         self.sock = sock
-        # With ACME's tls-alpn-01 in use, a ClientHello offering acme-tls/1 gets the
-        # challenge certificate (looked for in the connection's first bytes).
+        # With unknown SNI names refused or ACME's tls-alpn-01 in use, the ClientHello
+        # is read in the connection's first bytes (gateway.certificates).
         self.certificates = certificates
-        self._peek_bytes = 16384 if certificates is not None and certificates.challenges else 1
+        reads_hello = certificates is not None and (
+            certificates.reject_unknown or certificates.challenges is not None
+        )
+        self._peek_bytes = 16384 if reads_hello else 1
         self.protocol_factory = protocol_factory
         self.ssl_context = ssl_context
         self.handshake_timeout_s = handshake_timeout_s
@@ -231,11 +236,22 @@ class TLSListener:
             self._track(self._plain(conn))
             return
         context = self.ssl_context
-        if self._peek_bytes > 1 and self.certificates is not None:
-            name = offers_acme_alpn(first)
-            challenge = self.certificates.challenge_context(name) if name else None
-            context = challenge or context
+        hello = read_hello(first) if self._peek_bytes > 1 else None
+        if hello is not None and self.certificates is not None:
+            if self.certificates.rejects(hello.server_name):
+                self._unrecognized_name(conn, hello.server_name)
+                return
+            if ACME_TLS_ALPN in hello.alpn and hello.server_name:
+                context = self.certificates.challenge_context(hello.server_name) or context
         self._track(self._tls(conn, context))
+
+    def _unrecognized_name(self, conn: socket.socket, name: str | None) -> None:
+        """End a handshake for a name nobody serves with a fatal unrecognized_name alert."""
+        address = _peer(conn)
+        with contextlib.suppress(OSError):
+            conn.send(_UNRECOGNIZED_NAME_ALERT)
+        conn.close()
+        refused("unknown_sni", address, "TLS handshake from %s for unknown name %r", address, name)
 
     def _track(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = self._loop.create_task(coroutine)

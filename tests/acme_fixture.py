@@ -195,12 +195,14 @@ class GatewayRun:
 
 
 @contextlib.asynccontextmanager
-async def gateway_run(args: list[str], port: int, log_path: Path) -> AsyncIterator[GatewayRun]:
+async def gateway_run(
+    args: list[str], port: int, log_path: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[GatewayRun]:
     admin_port = free_port()
-    env = {**os.environ, "GATEWAY_ADMIN__PORT": str(admin_port)}
+    environment = {**os.environ, "GATEWAY_ADMIN__PORT": str(admin_port), **(env or {})}
     with log_path.open("ab") as log:
         process = await asyncio.create_subprocess_exec(
-            *GATEWAY, *args, env=env, stdout=log, stderr=log
+            *GATEWAY, *args, env=environment, stdout=log, stderr=log
         )
     try:
         await _wait_for_port(port, process, log_path)
@@ -210,7 +212,7 @@ async def gateway_run(args: list[str], port: int, log_path: Path) -> AsyncIterat
         await stop_process(process)
 
 
-def peer_certificate(port: int, name: str) -> x509.Certificate:
+def peer_certificate(port: int, name: str | None) -> x509.Certificate:
     """The certificate the listener on ``port`` serves for SNI ``name`` (not verified)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False

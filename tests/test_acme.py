@@ -286,12 +286,12 @@ async def test_gateway_proxy_with_two_workers_orders_once(
             "--pid-file", str(tmp_path / "pid"),
         ]  # fmt: skip
         verified = trusting(await ca.root())
-        async with gateway_run(args, port, tmp_path / "gateway.log") as gateway:
+        state = {"GATEWAY_STATE_DIR": str(tmp_path / "state")}
+        async with gateway_run(args, port, tmp_path / "gateway.log", state) as gateway:
             await certificate_from_pebble(port, "gw.test")
             # Both workers pick the certificate up (each connection lands on either).
-            await eventually(
-                lambda: gateway.log().count("certificate for gw.test") >= 2, timeout_s=20
-            )
+            picked_up = re.compile(r"ACME: (serving the )?certificate for gw.test")
+            await eventually(lambda: len(picked_up.findall(gateway.log())) >= 2, timeout_s=20)
             for _ in range(10):
                 response = await https_get(port, "gw.test", verified)
                 assert response.startswith(b"HTTP/1.1 200")
