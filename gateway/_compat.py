@@ -19,11 +19,13 @@ from prometheus_client.utils import floatToGoString
 from starlette.applications import Starlette
 from starlette.staticfiles import NotModifiedResponse, StaticFiles
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 __all__ = [
     "RELIES_ON",
     "UVICORN_COMPLETES_REFUSED_HANDSHAKES",
+    "ClientDisconnected",
     "HttpToolsProtocol",
     "NotModifiedResponse",
     "Reliance",
@@ -117,6 +119,15 @@ RELIES_ON: tuple[Reliance, ...] = (
     Reliance(WebSocketsSansIOProtocol, "queue", _WS, instance=True),
     Reliance(WebSocketsSansIOProtocol, "loop", _WS + " arms the stall timer", instance=True),
     Reliance(WebSocketsSansIOProtocol, "handshake_complete", _WS, instance=True),
+    # ... and for the frame relay's takeover after its own 101.
+    Reliance(WebSocketsSansIOProtocol, "handle_connect", _WS + " offers the relay", ("event",)),
+    Reliance(WebSocketsSansIOProtocol, "shutdown", _WS + " leaves relays to the app", ()),
+    Reliance(WebSocketsSansIOProtocol, "scope", _WS, instance=True),
+    Reliance(WebSocketsSansIOProtocol, "response", _WS + " (the 101 to send)", instance=True),
+    Reliance(WebSocketsSansIOProtocol, "default_headers", _WS, instance=True),
+    Reliance(WebSocketsSansIOProtocol, "writable", _WS, instance=True),
+    Reliance(WebSocketsSansIOProtocol, "disconnected", _WS, instance=True),
+    Reliance(WebSocketsSansIOProtocol, "transport", _WS, instance=True),
     # uvicorn's Config and Server: the hardened TLS context, listeners, shutdown order.
     Reliance(UvicornConfig, "load", "gateway.server._Config hardens the TLS context", ()),
     Reliance(UvicornConfig, "ssl", "gateway.server._Config", instance=True),

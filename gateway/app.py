@@ -238,6 +238,7 @@ def websocket_bridge(
         ping_interval_s=ws.ping_interval_s,
         ping_timeout_s=ws.ping_timeout_s,
         max_message_bytes=ws.max_message_bytes,
+        relay=ws.relay,
         observer=observer,
     )
 

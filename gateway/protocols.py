@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from websockets.frames import Frame
 
 from gateway._compat import (
     UVICORN_COMPLETES_REFUSED_HANDSHAKES,
+    ClientDisconnected,
     HttpToolsProtocol,
     RequestResponseCycle,
     WebSocketsSansIOProtocol,
@@ -44,6 +45,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
       plus the rest of one socket read.
     - A client's invalid frame or invalid UTF-8 is logged as one line with its address
       (``gateway.refusals``, once a minute per client), not as an ERROR with a traceback.
+    - The frame relay (``gateway.proxy.websocket_relay``): when the handshake negotiated
+      no extension and ``config.ws_relay`` is set, the scope offers ``gateway.relay``;
+      an app that answers with ``gateway.relay.accept`` (the accept's headers and
+      subprotocol, and ``start``) gets the 101 sent and the transport handed over.
     - Bounded per connection against a hostile client:
       - pings: while the client does not read (the transport paused writing), its socket
         is not read either, and only the latest pong waits to be written; a client that
@@ -54,6 +59,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     """
 
     _reported = False
+    _relay_stop: Callable[[int, str], None] | None = None
     _write_blocked = False
     _held_pong: bytes | None = None
     _stall_timer: asyncio.TimerHandle | None = None
@@ -161,7 +167,49 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             close.code if close is not None else "no close frame",
         )
 
+    # -- the frame relay ---------------------------------------------------------------
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        if (
+            getattr(self.config, "ws_relay", False)
+            and self.response.status_code == 101
+            and not self.conn.extensions
+            and not self.handshake_complete
+        ):
+            send_timeout_s = getattr(self.config, "ws_send_timeout_s", None)
+            self.scope["extensions"]["gateway.relay"] = {"send_timeout_s": send_timeout_s}
+
+    async def _relay_accept(self, message: Any) -> None:
+        """Send the 101 like ``websocket.accept`` does, then hand the transport over."""
+        await self.writable.wait()
+        if self.disconnected or self.transport.is_closing():
+            raise ClientDisconnected
+        headers = [
+            (name.decode("latin-1").lower(), value.decode("latin-1"))
+            for name, value in (self.default_headers + list(message.get("headers", [])))
+        ]
+        if message.get("subprotocol"):
+            headers.append(("Sec-WebSocket-Protocol", message["subprotocol"]))
+        del self.response.headers["Date"]
+        self.response.headers.update(headers)
+        self.handshake_complete = True
+        self.conn.send_response(self.response)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        # A client may not send frames before the 101; any it did are the relay's.
+        leftover = bytes(self.conn.reader.buffer)
+        self._relay_stop = message["stop"]
+        message["start"](self.transport, leftover, self.connection_lost)
+
+    def shutdown(self) -> None:
+        if self._relay_stop is not None:  # the relay owns the connection
+            self._relay_stop(1012, "service restart")
+            return
+        super().shutdown()
+
     def send(self, message: Any) -> Coroutine[Any, Any, None]:
+        if message["type"] == "gateway.relay.accept":
+            return self._relay_accept(message)
         # Not a coroutine itself: each relayed message costs no extra frame.
         if (
             not UVICORN_COMPLETES_REFUSED_HANDSHAKES

@@ -69,6 +69,7 @@ class _Config(UvicornConfig):
     https_port: int = 443
     tls_profile: TLSProfile = "intermediate"
     ws_send_timeout_s: float | None = None
+    ws_relay: bool = False
     # Certificates by SNI name: [[certificates]] and ACME (gateway.certificates).
     certificates: CertificateStore | None = None
     acme: AcmeOptions | None = None
@@ -214,6 +215,7 @@ def uvicorn_config(
     config.plain_http = settings.listen.plain_http
     config.tls_profile = settings.tls.profile
     config.ws_send_timeout_s = settings.timeouts.send_s
+    config.ws_relay = settings.websocket.relay
     config.https_port = settings.listen.public_port or settings.listen.port
     if pair is not None:
         config.certificates = certificates or certificate_store(settings, pair)

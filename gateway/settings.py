@@ -487,6 +487,12 @@ class WebSocketSettings(_Section):
     # decompression (a 1 KB frame may inflate to 1 MiB, never more); false turns it off
     # (no inflation work at all, more bytes on the wire).
     compression: bool = True
+    # Copy frames between the legs without decoding them (as nginx does) when neither
+    # leg negotiated an extension - a client that offers no compression, or compression
+    # = false: a fraction of the CPU per message. Limits, idle timeout, pings and close
+    # codes still apply; UTF-8 of text messages is left to the endpoints. false: every
+    # message goes through the bridge (parsed, checked, framed again).
+    relay: bool = True
 
 
 class LogSettings(_Section):

@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -49,7 +49,14 @@ from gateway.failures import failure_kind
 from gateway.lifespan import serve_lifespan
 from gateway.logs import get_logger
 from gateway.proxy.forwarding import ForwardingOptions
-from gateway.proxy.websocket_backend import BackendLeg, LegOptions, open_backend_leg
+from gateway.proxy.websocket_backend import (
+    BackendLeg,
+    LegOptions,
+    RawLeg,
+    open_backend_leg,
+    open_raw_leg,
+)
+from gateway.proxy.websocket_relay import Relay, close_frame, relay_extension
 from gateway.proxy.websocket_rules import (
     TEXT_PLAIN,
     BackendFailure,
@@ -139,6 +146,8 @@ class WebSocketProxy:
         # Limits
         max_message_bytes: int = 1024 * 1024,
         max_queue: int = 16,
+        # Frames copied without decoding where the server offers it (gateway.relay)
+        relay: bool = True,
         # Metrics
         observer: SessionObserver | None = None,
     ) -> None:
@@ -187,6 +196,9 @@ class WebSocketProxy:
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
         self.max_message_bytes = max_message_bytes
+        self.close_timeout_s = close_timeout_s
+        # The relay needs the same protocol on both legs: no compression towards the backend.
+        self.relay = relay and not backend_compression
         self.observer = observer
         # How backend legs open, read and close (TLS settings are per endpoint).
         self._leg_options = LegOptions(
@@ -250,11 +262,14 @@ class WebSocketProxy:
 
         await serve_lifespan(receive, send, startup=self.pool.start, shutdown=shutdown)
 
-    def _open(self, scope: Scope, endpoint: _Endpoint) -> Coroutine[Any, Any, BackendLeg]:
-        """The opening of a backend leg for this client (raises ValueError on bad input)."""
+    def _open(
+        self, scope: Scope, endpoint: _Endpoint, *, raw: bool = False
+    ) -> Coroutine[Any, Any, BackendLeg | RawLeg]:
+        """The opening of a backend leg for this client (raises ValueError on bad input);
+        ``raw``: for the frame relay."""
         target = backend_target(scope, endpoint.base_path)
         headers = handshake_headers(scope, upstream_host=endpoint.host, options=self.forwarding)
-        return open_backend_leg(
+        return (open_raw_leg if raw else open_backend_leg)(
             endpoint.uri,
             request_target=target,
             # The client's User-Agent is among them; the leg adds none of its own.
@@ -302,6 +317,7 @@ class _Session:
         "_ping_sent_at",
         "_pong",
         "_pumps_running",
+        "_relay",
         "finished",
         "last_activity",
         "peer",
@@ -332,12 +348,15 @@ class _Session:
         self._ping_sent_at = 0.0
         self._pong: asyncio.Future[None] | None = None
         self.peer: Peer | None = None  # the upstream target in use, released at the end
+        self._relay: Relay | None = None  # the frame relay, once it runs
 
     def stop(self, code: int, reason: str) -> None:
         """Ask the session to close both legs with ``code`` (used by ``shutdown``)."""
         if self.stopping is None:
             self.stopping = (code, reason)
             self._end(_Ending.both(code, reason))
+            if self._relay is not None:
+                self._relay.stop(code, reason)
 
     def _end(self, ending: _Ending) -> None:
         if not self._ended.done():
@@ -346,6 +365,8 @@ class _Session:
     def check(self, now: float) -> bool:
         """The proxy watchdog's tick: the idle timeout (True once it ended the session)
         and the backend leg's keepalive pings."""
+        if self._relay is not None:
+            return self._relay.check(now)
         if now - self.last_activity >= self.proxy.idle_timeout_s:
             self._end(_Ending.both(CloseCode.GOING_AWAY, "idle timeout"))
             return True
@@ -377,6 +398,9 @@ class _Session:
             message = await self.receive()
             if message["type"] != "websocket.connect":
                 return
+            if self.proxy.relay and relay_extension(self.scope) is not None:
+                await self._run_relay()
+                return
             backend = await self._open_backend()
             if backend is not None:
                 try:
@@ -394,13 +418,83 @@ class _Session:
             self.finished.set_result(None)
             self._log(time.monotonic() - started)
 
+    async def _run_relay(self) -> None:
+        """Open a raw backend leg, accept the client and copy frames until both close."""
+        if self.proxy._closing:
+            await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
+            return
+        leg = await self._connect(self.proxy.pool, raw=True)
+        if not isinstance(leg, RawLeg):
+            return
+        if self.stopping is not None:  # shutdown() began while we were connecting
+            code, reason = self.stopping
+            leg.transport.write(close_frame(code, reason, masked=True))
+            leg.transport.close()
+            await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
+            return
+        proxy = self.proxy
+        relay = Relay(
+            max_message_bytes=proxy.max_message_bytes,
+            idle_timeout_s=proxy.idle_timeout_s,
+            ping_interval_s=proxy.ping_interval_s,
+            ping_timeout_s=proxy.ping_timeout_s,
+            close_timeout_s=proxy.close_timeout_s,
+            send_timeout_s=relay_extension(self.scope, "send_timeout_s"),
+        )
+
+        def start(
+            client: asyncio.Transport,
+            leftover: bytes,
+            client_lost: Callable[[Exception | None], None],
+        ) -> None:
+            relay.start(client, leftover, leg.transport, leg.leftover, client_lost)
+
+        accept: dict[str, Any] = {
+            "type": "gateway.relay.accept",
+            "headers": accept_headers(leg.response.headers),
+            "start": start,
+            "stop": relay.stop,
+        }
+        if leg.subprotocol is not None:
+            accept["subprotocol"] = leg.subprotocol
+        try:
+            await self.send(accept)
+        except OSError:  # the client left while the backend was answering
+            self.stats.client_code = CloseCode.ABNORMAL_CLOSURE
+            self.stats.backend_code = CloseCode.GOING_AWAY
+            leg.transport.write(close_frame(CloseCode.GOING_AWAY, "client went away", masked=True))
+            leg.transport.close()
+            return
+        observer = proxy.observer
+        if observer is not None:
+            observer.websocket_opened()
+        self._relay = relay
+        proxy.watchdog.watch(self)
+        try:
+            await asyncio.shield(relay.done)
+        except asyncio.CancelledError:  # the enclosing app gave up: close both legs
+            relay.stop(CloseCode.GOING_AWAY, "server shutdown")
+            raise
+        finally:
+            proxy.watchdog.unwatch(self)
+            figures = relay.stats
+            stats = self.stats
+            stats.messages_up, stats.bytes_up = figures.messages_up, figures.bytes_up
+            stats.messages_down, stats.bytes_down = figures.messages_down, figures.bytes_down
+            stats.client_code, stats.backend_code = figures.client_code, figures.backend_code
+            stats.detail = figures.detail
+            if observer is not None:
+                observer.websocket_closed(
+                    stats.messages_up, stats.bytes_up, stats.messages_down, stats.bytes_down
+                )
+
     async def _open_backend(self) -> BackendLeg | None:
         """Open the backend leg and accept the client, or refuse the client; None if refused."""
         if self.proxy._closing:
             await self._refuse(gateway_error(503, "server shutting down"), "shutting down")
             return None
         backend = await self._connect(self.proxy.pool)
-        if backend is None:
+        if not isinstance(backend, BackendLeg):
             return None
         if self.stopping is not None:  # shutdown() began while we were connecting
             await backend.close(*self.stopping)
@@ -428,7 +522,7 @@ class _Session:
         if self.proxy.observer is not None:
             self.proxy.observer.upstream_error(error)
 
-    async def _connect(self, pool: Upstream) -> BackendLeg | None:
+    async def _connect(self, pool: Upstream, *, raw: bool = False) -> BackendLeg | RawLeg | None:
         """Open the backend leg to a target of ``pool``, moving on while handshakes fail."""
         client_ip = client_address(self.scope) if pool.balance == "ip_hash" else None
         loop = asyncio.get_running_loop()
@@ -438,7 +532,7 @@ class _Session:
         while (peer := pool.select(client_ip, tried)) is not None:
             tried.append(peer.index)
             try:
-                opener = self.proxy._open(self.scope, self.proxy._endpoints[peer.index])
+                opener = self.proxy._open(self.scope, self.proxy._endpoints[peer.index], raw=raw)
             except ValueError as exc:  # the client's request cannot be sent anywhere
                 pool.release(peer)
                 await self._refuse(gateway_error(400, "bad request"), str(exc))
@@ -623,9 +717,10 @@ class _Session:
             )
             return
         logger.info(
-            "websocket session %s duration=%.3fs up=%d msgs/%d B down=%d msgs/%d B "
-            "close client=%s backend=%s",
+            "websocket session %s mode=%s duration=%.3fs up=%d msgs/%d B down=%d msgs/%d B "
+            "close client=%s backend=%s%s",
             where,
+            "relay" if self._relay is not None else "bridge",
             duration_s,
             stats.messages_up,
             stats.bytes_up,
@@ -633,4 +728,5 @@ class _Session:
             stats.bytes_down,
             stats.client_code,
             stats.backend_code,
+            f" ({stats.detail})" if stats.detail else "",
         )

@@ -20,9 +20,9 @@ import collections
 import functools
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn, cast
+from typing import NoReturn, TypeVar, cast
 
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
@@ -31,10 +31,11 @@ from websockets.extensions.permessage_deflate import enable_client_permessage_de
 from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame
 from websockets.http11 import Request, Response
 from websockets.protocol import CLOSED, OPEN, Event
+from websockets.streams import StreamReader
 from websockets.typing import Subprotocol
-from websockets.uri import parse_uri
+from websockets.uri import WebSocketURI, parse_uri
 
-__all__ = ["BackendLeg", "LegOptions", "open_backend_leg"]
+__all__ = ["BackendLeg", "LegOptions", "RawLeg", "open_backend_leg", "open_raw_leg"]
 
 # The transport's write buffer, as websockets' asyncio client sets it: writers wait
 # above the high mark until it drains to a quarter of it.
@@ -78,35 +79,132 @@ async def open_backend_leg(
         max_size=options.max_size,
     )
     request = _request(protocol.connect(), request_target, headers)
-    # TLS follows the scheme: a context given for a ws:// endpoint is not used.
-    tls = (ssl_context or _default_tls()) if wsuri.secure else None
-    server_hostname = wsuri.host if wsuri.secure else None
-    loop = asyncio.get_running_loop()
     leg: BackendLeg | None = None
-
-    def factory() -> BackendLeg:
-        return BackendLeg(protocol, options)
-
     try:
         async with asyncio.timeout(options.open_timeout_s):
-            if unix_path is not None:
-                _, leg = await loop.create_unix_connection(
-                    factory, unix_path, ssl=tls, server_hostname=server_hostname
-                )
-            else:
-                _, leg = await loop.create_connection(
-                    factory,
-                    wsuri.host,
-                    wsuri.port,
-                    ssl=tls,
-                    server_hostname=server_hostname,
-                )
+            leg = await _connect(
+                lambda: BackendLeg(protocol, options), wsuri, unix_path, ssl_context
+            )
             await leg.handshake(request)
     except BaseException:
         if leg is not None:
             leg.transport.abort()
         raise
     return leg
+
+
+_P = TypeVar("_P", bound=asyncio.Protocol)
+
+
+async def _connect(
+    factory: Callable[[], _P],
+    wsuri: WebSocketURI,
+    unix_path: str | None,
+    ssl_context: ssl.SSLContext | None,
+) -> _P:
+    """Open the connection (TLS for wss://)."""
+    # TLS follows the scheme: a context given for a ws:// endpoint is not used.
+    tls = (ssl_context or _default_tls()) if wsuri.secure else None
+    server_hostname = wsuri.host if wsuri.secure else None
+    loop = asyncio.get_running_loop()
+    if unix_path is not None:
+        _, protocol = await loop.create_unix_connection(
+            factory, unix_path, ssl=tls, server_hostname=server_hostname
+        )
+    else:
+        _, protocol = await loop.create_connection(
+            factory, wsuri.host, wsuri.port, ssl=tls, server_hostname=server_hostname
+        )
+    return protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RawLeg:
+    """A backend connection after its opening handshake, for the frame relay: the
+    transport (reading paused), what came after the response, and the response."""
+
+    transport: asyncio.Transport
+    leftover: bytes
+    response: Response
+    subprotocol: Subprotocol | None
+
+
+async def open_raw_leg(
+    uri: str,
+    *,
+    request_target: str,
+    headers: list[tuple[str, str]],
+    subprotocols: list[Subprotocol],
+    options: LegOptions,
+    unix_path: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> RawLeg:
+    """Like ``open_backend_leg``, without extensions, for ``gateway.proxy.websocket_relay``:
+    the response is read and checked by websockets, the frames after it are not
+    parsed (they are the relay's); same errors."""
+    wsuri = parse_uri(uri)
+    protocol = ClientProtocol(wsuri, subprotocols=subprotocols or None)
+    request = _request(protocol.connect(), request_target, headers)
+    reader: _ResponseReader | None = None
+    try:
+        async with asyncio.timeout(options.open_timeout_s):
+            reader = await _connect(_ResponseReader, wsuri, unix_path, ssl_context)
+            reader.transport.write(request.serialize())
+            response = await reader.response
+        protocol.process_response(response)  # InvalidStatus, InvalidHandshake
+    except BaseException:
+        if reader is not None:
+            reader.transport.abort()
+        raise
+    return RawLeg(reader.transport, reader.leftover(), response, protocol.subprotocol)
+
+
+class _ResponseReader(asyncio.Protocol):
+    """Reads a handshake response and nothing after it (then pauses the socket)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport
+        self._reader = StreamReader()
+        self._parser = Response.parse(
+            self._reader.read_line, self._reader.read_exact, self._reader.read_to_eof
+        )
+        next(self._parser)
+        self.response: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+
+    def leftover(self) -> bytes:
+        return bytes(self._reader.buffer)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(WRITE_LIMIT)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed_data(data)
+        if not self.response.done():
+            self._advance()
+
+    def eof_received(self) -> None:
+        self._reader.feed_eof()
+        if not self.response.done():
+            self._advance()
+
+    def _advance(self) -> None:
+        try:
+            self._parser.send(None)
+        except StopIteration as done:
+            self.transport.pause_reading()  # the relay reads from here on
+            self.response.set_result(done.value)
+        except Exception as exc:
+            error = InvalidMessage("did not receive a valid HTTP response")
+            error.__cause__ = exc
+            self.response.set_exception(error)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.response.done():
+            error = InvalidMessage("the connection closed during the handshake")
+            error.__cause__ = exc
+            self.response.set_exception(error)
+            self.response.exception()  # retrieved: the opener may have timed out
 
 
 @functools.cache
