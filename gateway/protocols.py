@@ -24,6 +24,7 @@ from gateway._compat import (
     RequestResponseCycle,
     WebSocketsSansIOProtocol,
 )
+from gateway.proxy.websocket_rules import FRAGMENT_OVERHEAD_BYTES
 from gateway.refusals import refused
 from gateway.request_rules import Refusal, check_head
 from gateway.watchdog import Watchdog
@@ -200,6 +201,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         leftover = bytes(self.conn.reader.buffer)
         self._relay_stop = message["stop"]
         message["start"](self.transport, leftover, self.connection_lost)
+        # What only served the handshake and the ASGI messages goes: an idle relayed
+        # session holds its sockets, the relay and the app's frames, little else.
+        self.conn = self.request = self.response = None  # type: ignore[assignment]
+        self.queue = _DISCARD  # type: ignore[assignment]
+        self.writable = _ALWAYS
 
     def shutdown(self) -> None:
         if self._relay_stop is not None:  # the relay owns the connection
@@ -238,11 +244,19 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.pause_reading()
 
 
+class _Discard:
+    """Where a relayed connection's end is reported to a queue nobody reads any more."""
+
+    def put_nowait(self, item: object) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+_ALWAYS = asyncio.Event()  # a relayed connection's "writable": nobody waits on it
+_ALWAYS.set()
+
 # A server's unmasked PONG frame starts with FIN + opcode 0xA.
 _PONG_FRAME = b"\x8a"
-# What one fragment costs while a message is assembled besides its payload (a list slot,
-# a bytes object, the parsed frame), counted towards the message limit.
-FRAGMENT_OVERHEAD_BYTES = 64
 
 
 _HEAD_TIMEOUT_RESPONSE = (

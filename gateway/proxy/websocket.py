@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -442,17 +443,12 @@ class _Session:
             send_timeout_s=relay_extension(self.scope, "send_timeout_s"),
         )
 
-        def start(
-            client: asyncio.Transport,
-            leftover: bytes,
-            client_lost: Callable[[Exception | None], None],
-        ) -> None:
-            relay.start(client, leftover, leg.transport, leg.leftover, client_lost)
-
         accept: dict[str, Any] = {
             "type": "gateway.relay.accept",
             "headers": accept_headers(leg.response.headers),
-            "start": start,
+            "start": functools.partial(
+                relay.start, backend=leg.transport, backend_leftover=leg.leftover
+            ),
             "stop": relay.stop,
         }
         if leg.subprotocol is not None:
@@ -465,6 +461,7 @@ class _Session:
             leg.transport.write(close_frame(CloseCode.GOING_AWAY, "client went away", masked=True))
             leg.transport.close()
             return
+        del accept, leg  # the handshake's objects are not needed any more
         observer = proxy.observer
         if observer is not None:
             observer.websocket_opened()

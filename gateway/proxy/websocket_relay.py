@@ -11,7 +11,8 @@ forwards the bytes as they come, in as few writes as they arrived in.
 
 What still applies, from frame headers alone:
 
-- the message limit (payload bytes of a message, fragments summed): 1009 both ways;
+- the message limit (payload bytes of a message, fragments summed, each continuation
+  frame counting ``FRAGMENT_OVERHEAD_BYTES`` more): 1009 both ways;
 - protocol errors a relay can see (reserved bits or opcodes, a wrongly masked frame, a
   continuation out of place, an oversized or fragmented control frame): 1002 both ways;
 - the idle timeout (no data frame either way): 1001 both ways;
@@ -40,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.frames import CloseCode
+
+from gateway.proxy.websocket_rules import FRAGMENT_OVERHEAD_BYTES
 
 __all__ = ["Relay", "RelayStats", "close_frame", "control_frame"]
 
@@ -171,6 +174,39 @@ class _Pipe:
             self.discarding = True
 
     def feed(self, data: bytes) -> None:
+        # The common case first: the data is one whole, small, unfragmented message.
+        if self._plain and len(data) >= 2:
+            first, second = data[0], data[1]
+            length = second & 0x7F
+            if (
+                first & 0xF0 == 0x80  # FIN, no reserved bits
+                and 0 < first & 0x0F < 3  # text or binary
+                and (second & 0x80 == 0x80) is self.from_client
+                and length < 126
+                and len(data) == length + (6 if self.from_client else 2)
+                and length <= self.relay.max_message_bytes
+                and not self._in_message
+            ):
+                self.messages += 1
+                self.bytes += length
+                self.relay.activity += 1
+                self.sink.write(data)
+                return
+        self._feed(data)
+
+    @property
+    def _plain(self) -> bool:
+        """Between frames with nothing to look into or to inject."""
+        return not (
+            self._remaining
+            or self._head
+            or self._control is not None
+            or self._pending
+            or self._final is not None
+            or self.discarding
+        )
+
+    def _feed(self, data: bytes) -> None:
         if self._head:
             data = self._head + data
             self._head = b""
@@ -254,7 +290,7 @@ class _Pipe:
                     self.relay._protocol_error(self, problem)
                     return
                 if opcode < 8:
-                    self._message_bytes += length
+                    self._message_bytes += length + (FRAGMENT_OVERHEAD_BYTES if opcode == 0 else 0)
                     if self._message_bytes > self.relay.max_message_bytes:
                         if forwarding and start < pos:
                             self._write(view[start:pos])
@@ -267,7 +303,7 @@ class _Pipe:
                             self.messages += 1
                     if forwarding:
                         self.bytes += length
-                        self.relay.last_activity = self.relay.now()
+                        self.relay.activity += 1
                     pos += head
                     remaining = length
                 elif opcode == _PING:
@@ -309,16 +345,13 @@ class _Pipe:
 
 
 class _Side(asyncio.Protocol):
-    """The asyncio protocol of one of the relay's two transports."""
+    """The asyncio protocol of one of the relay's two transports; its ``data_received``
+    is the pipe's ``feed`` itself (one call per read, no frame in between)."""
 
-    __slots__ = ("client", "relay")
-
-    def __init__(self, relay: Relay, *, client: bool) -> None:
+    def __init__(self, relay: Relay, pipe: _Pipe, *, client: bool) -> None:
         self.relay = relay
         self.client = client
-
-    def data_received(self, data: bytes) -> None:
-        (self.relay._up if self.client else self.relay._down).feed(data)
+        self.data_received = pipe.feed  # type: ignore[method-assign]
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: a WebSocket does not half-close
@@ -356,6 +389,10 @@ class Relay:
         self._loop = asyncio.get_running_loop()
         self.now: Callable[[], float] = self._loop.time
         self.last_activity = self.now()
+        # Data frames relayed so far: the idle check compares it between its ticks
+        # (cheaper than reading the clock for every frame).
+        self.activity = 0
+        self._seen_activity = 0
         self.done: asyncio.Future[None] = self._loop.create_future()
         self._client: asyncio.Transport | None = None
         self._backend: asyncio.Transport | None = None
@@ -376,9 +413,10 @@ class Relay:
         self,
         client: asyncio.Transport,
         client_leftover: bytes,
+        on_client_lost: Callable[[Exception | None], None] | None = None,
+        *,
         backend: asyncio.Transport,
         backend_leftover: bytes,
-        on_client_lost: Callable[[Exception | None], None] | None = None,
     ) -> None:
         """Take both transports over (their protocols are replaced) and start copying;
         ``*_leftover``: bytes each leg received after its handshake."""
@@ -387,8 +425,8 @@ class Relay:
         self._up = _Pipe(self, backend, from_client=True)
         self._down = _Pipe(self, client, from_client=False)
         self._client_open = self._backend_open = True
-        client.set_protocol(_Side(self, client=True))
-        backend.set_protocol(_Side(self, client=False))
+        client.set_protocol(_Side(self, self._up, client=True))
+        backend.set_protocol(_Side(self, self._down, client=False))
         self.last_activity = self.now()
         self._next_ping_at = self.last_activity + (self.ping_interval_s or 0)
         if backend_leftover:
@@ -408,6 +446,9 @@ class Relay:
         """A watchdog tick: idle timeout (True once it ended the session), keepalive."""
         if self._ending or self.done.done():
             return self.done.done()
+        if self.activity != self._seen_activity:  # data frames since the last tick
+            self._seen_activity = self.activity
+            self.last_activity = now
         if now - self.last_activity >= self.idle_timeout_s:
             self.stats.detail = "idle timeout"
             self.stop(CloseCode.GOING_AWAY, "idle timeout")

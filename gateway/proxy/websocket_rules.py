@@ -74,6 +74,11 @@ HANDSHAKE_HEADERS = frozenset(
 # Set by the server that sends the response (uvicorn), or describing a body we re-frame.
 RESPONSE_ONLY_DROPPED = frozenset({b"date", b"server", b"content-length"})
 TEXT_PLAIN = (b"content-type", b"text/plain; charset=utf-8")
+# What one fragment costs while a message is assembled besides its payload (a list slot,
+# a bytes object, the parsed frame), counted towards the message limit by the server
+# protocol and by the frame relay alike: a message of a million tiny (or empty)
+# fragments is refused (1009) like a big one, before the backend has to assemble it.
+FRAGMENT_OVERHEAD_BYTES = 64
 
 
 def is_websocket_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:

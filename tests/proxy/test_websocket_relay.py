@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 
 from gateway.proxy.websocket_relay import Relay, _mask, close_frame, control_frame
+from gateway.proxy.websocket_rules import FRAGMENT_OVERHEAD_BYTES
 from tests.conftest import GatewayFactory
 
 
@@ -111,7 +112,7 @@ async def relay_pair() -> tuple[Relay, FakeTransport, FakeTransport]:
         ping_timeout_s=None,
         close_timeout_s=0.5,
     )
-    relay.start(client, b"", backend, b"")
+    relay.start(client, b"", backend=backend, backend_leftover=b"")
     return relay, client, backend
 
 
@@ -173,6 +174,23 @@ async def test_a_message_over_the_limit_closes_both_legs_with_1009(
     assert client.closed
     assert backend.closed
     assert relay.stats.detail == "message too big"
+
+
+async def test_a_flood_of_empty_fragments_is_refused_like_a_big_message(
+    relay_pair: tuple[Relay, FakeTransport, FakeTransport],
+) -> None:
+    relay, _, backend = relay_pair
+    relay._up.feed(frame(Opcode.TEXT, b"x", fin=False, masked=True))
+    empty = frame(Opcode.CONT, b"", fin=False, masked=True)
+    fits = (relay.max_message_bytes - 1) // FRAGMENT_OVERHEAD_BYTES  # 15 of 64 in 1000
+    relay._up.feed(empty * fits)
+    assert not relay._ending
+    relay._up.feed(empty)
+    assert relay._ending
+    assert relay.stats.detail == "message too big"
+    sent = parse(bytes(backend.written), masked=True)
+    assert len(sent) == 1 + fits + 1  # the opening frame, the fragments that fit, a close
+    assert sent[-1] == (Opcode.CLOSE, True, struct.pack("!H", 1009) + b"message too big")
 
 
 @pytest.mark.parametrize(
@@ -267,7 +285,7 @@ async def test_keepalive_pings_both_legs_and_takes_their_pongs_out() -> None:
         ping_timeout_s=1,
         close_timeout_s=0.5,
     )
-    relay.start(client, b"", backend, b"")
+    relay.start(client, b"", backend=backend, backend_leftover=b"")
     now = relay.now()
     assert relay.check(now + 1.1) is False
     to_client = parse(bytes(client.written), masked=False)
