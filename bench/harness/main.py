@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fnmatch
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -112,10 +114,24 @@ def make_profile(args: argparse.Namespace) -> Profile:
     return dataclasses.replace(profile, **changes)
 
 
-def raise_fd_limit() -> None:
+def raise_fd_limit(idle_sessions: int) -> None:
+    """Soft limit up to the hard one; as root, the hard one up to what the idle scenario
+    needs (a proxy holds two sockets per session; children inherit the limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * idle_sessions + 4096
+    if hard < wanted and os.geteuid() == 0:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < wanted:
+        print(
+            f"bench: the open-file limit is {hard}; {idle_sessions} idle sessions need about"
+            f" {wanted} and this process may not raise it (`ulimit -Hn`, CAP_SYS_RESOURCE):"
+            " sessions past the limit fail to open",
+            file=sys.stderr,
+        )
 
 
 def run_cell(
@@ -199,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     wall_start = time.monotonic()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
 
-    raise_fd_limit()
+    raise_fd_limit(profile.idle_sessions)
     provision.everything(install=not args.no_install)
     procs = Processes(registry=WORK_DIR / "children.json")  # also stops leftovers of a killed run
     busy = [p for p in ALL_PORTS if port_in_use(p, HOST)]
@@ -211,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     machine_info = machine.describe()  # before measuring: the gateway's sources may change later
-    targets = make_targets(requested, args.gateway_cmd, gateway_live=args.gateway_live)
+    targets = make_targets(
+        requested, args.gateway_cmd, gateway_live=args.gateway_live, sessions=profile.idle_sessions
+    )
     skipped: dict[str, str] = {}
     for t in targets:
         reason = t.unavailable()

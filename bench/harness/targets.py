@@ -7,6 +7,7 @@ Node backend and everything else to the nginx backend.
 
 from __future__ import annotations
 
+import resource
 import shlex
 import shutil
 import ssl
@@ -270,10 +271,19 @@ class GatewayBare(Gateway):
         }
 
 
+def _hard_fd_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
 class Nginx(Target):
     """nginx with the classic WebSocket reverse-proxy configuration, tuned (upstream keepalive)."""
 
     name = "nginx"
+
+    def __init__(self, *, worker_connections: int = 16384) -> None:
+        super().__init__()
+        # Two per proxied WebSocket session: the idle scenario sets it from its count.
+        self.worker_connections = worker_connections
 
     def conf(self, tls: bool) -> Path:
         path = WORK_DIR / "nginx-proxy" / f"nginx-{'tls' if tls else 'plain'}.conf"
@@ -281,7 +291,8 @@ class Nginx(Target):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             f"""{nginx_common("nginx-proxy")}
-events {{ worker_connections 16384; }}
+worker_rlimit_nofile {min(self.worker_connections + 1024, _hard_fd_limit())};
+events {{ worker_connections {self.worker_connections}; }}
 http {{
 {nginx_http_common("nginx-proxy")}
     map $http_upgrade $connection_upgrade {{
@@ -376,11 +387,13 @@ ALL_TARGETS = ("direct", "gateway", "nginx", "asgiproxy", "fastapi-proxy-lib")
 EXTRA_TARGETS = ("gateway-bare", "gateway-pool")
 
 
-def make_targets(names: list[str], gateway_cmd: str, *, gateway_live: bool = False) -> list[Target]:
+def make_targets(
+    names: list[str], gateway_cmd: str, *, gateway_live: bool = False, sessions: int = 1000
+) -> list[Target]:
     table: dict[str, Target] = {
         "direct": Direct(),
         "gateway": Gateway(gateway_cmd, live=gateway_live),
-        "nginx": Nginx(),
+        "nginx": Nginx(worker_connections=max(16384, 2 * sessions + 4096)),
         "asgiproxy": AsgiProxy(),
         "fastapi-proxy-lib": FastapiProxyLib(),
         "gateway-bare": GatewayBare(gateway_cmd, live=gateway_live),
