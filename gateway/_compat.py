@@ -1,8 +1,10 @@
 """Every dependence of the gateway on another library's internals, in one place.
 
 The gateway subclasses uvicorn's HTTP and WebSocket protocols, its request cycle, its
-``Config`` and ``Server``, Starlette's ``Starlette`` and ``StaticFiles``, and formats
-metric bounds with prometheus_client's ``floatToGoString``. None of these are promised
+``Config`` and ``Server``, Starlette's ``Starlette`` and ``StaticFiles``, formats
+metric bounds with prometheus_client's ``floatToGoString``, and (``listen.http2``) runs
+hypercorn's connection server on transports of its own (``hypercorn_parts``, imported
+only when HTTP/2 is on: hypercorn is the optional ``http2`` extra). None of these are promised
 APIs, so the classes are imported here only, and ``RELIES_ON`` names each method and
 attribute the gateway's code uses, with what for. ``tests/test_compat.py`` checks every
 entry against the installed versions: a release that renames or reshapes one fails that
@@ -13,11 +15,13 @@ one clear test instead of a hundred odd ones elsewhere. The version bounds in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 from prometheus_client.utils import floatToGoString
 from starlette.applications import Starlette
 from starlette.staticfiles import NotModifiedResponse, StaticFiles
+from uvicorn.lifespan.on import LifespanOn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -27,6 +31,7 @@ __all__ = [
     "UVICORN_COMPLETES_REFUSED_HANDSHAKES",
     "ClientDisconnected",
     "HttpToolsProtocol",
+    "HypercornParts",
     "NotModifiedResponse",
     "Reliance",
     "RequestResponseCycle",
@@ -36,6 +41,8 @@ __all__ = [
     "UvicornServer",
     "WebSocketsSansIOProtocol",
     "floatToGoString",
+    "hypercorn_parts",
+    "hypercorn_reliances",
 ]
 
 UvicornConfig = uvicorn.Config
@@ -55,13 +62,15 @@ UVICORN_COMPLETES_REFUSED_HANDSHAKES = _version(uvicorn.__version__) >= (0, 55)
 class Reliance:
     """``owner.attribute`` is used by the gateway (``why``). ``parameters``: names the
     callable must accept, in order after ``self``; ``instance``: set by ``__init__``
-    (checked in its source) rather than defined on the class."""
+    (checked in its source) rather than defined on the class; ``setting``: a class
+    attribute that is not callable (a default the gateway overrides)."""
 
     owner: object
     attribute: str
     why: str
     parameters: tuple[str, ...] | None = None
     instance: bool = False
+    setting: bool = False
 
 
 _HTTP = "gateway.protocols.HTTPProtocol"
@@ -139,6 +148,7 @@ RELIES_ON: tuple[Reliance, ...] = (
     Reliance(UvicornServer, "servers", _SERVER + " appends its listeners", instance=True),
     Reliance(UvicornServer, "server_state", _SERVER, instance=True),
     Reliance(UvicornServer, "lifespan", _SERVER, instance=True),
+    Reliance(LifespanOn, "shutdown", _SERVER + " runs it after HTTP/2 drained", ()),
     Reliance(UvicornServer, "started", "gateway.server._say_ready", instance=True),
     Reliance(UvicornServer, "should_exit", "gateway.server._serve", instance=True),
     # Starlette: the lifespan and user middleware without its per-request layers.
@@ -162,3 +172,57 @@ RELIES_ON: tuple[Reliance, ...] = (
     # prometheus_client: the text of histogram bucket bounds, as its own exposition.
     Reliance(floatToGoString, "__call__", "gateway.metrics bucket labels", None),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class HypercornParts:
+    """What ``gateway.http2`` takes from hypercorn (see ``hypercorn_reliances``)."""
+
+    tcp_server: Any  # hypercorn.asyncio.tcp_server.TCPServer
+    worker_context: Any  # hypercorn.asyncio.worker_context.WorkerContext
+    asgi_wrapper: Any  # hypercorn.app_wrappers.ASGIWrapper
+    config: Any  # hypercorn.config.Config
+
+
+def hypercorn_parts() -> HypercornParts:
+    """hypercorn's classes; ImportError when the ``http2`` extra is not installed."""
+    from hypercorn.app_wrappers import ASGIWrapper
+    from hypercorn.asyncio.tcp_server import TCPServer
+    from hypercorn.asyncio.worker_context import WorkerContext
+    from hypercorn.config import Config
+
+    return HypercornParts(TCPServer, WorkerContext, ASGIWrapper, Config)
+
+
+def hypercorn_reliances() -> tuple[Reliance, ...]:
+    """``RELIES_ON`` for hypercorn (checked by tests/test_compat.py when it is installed)."""
+    parts = hypercorn_parts()
+    why = "gateway.http2.Http2Server"
+    config = parts.config
+    return (
+        Reliance(
+            parts.tcp_server,
+            "__init__",
+            why + " serves a connection it accepted",
+            ("app", "loop", "config", "context", "state", "reader", "writer"),
+        ),
+        Reliance(parts.tcp_server, "run", why, ()),
+        Reliance(parts.worker_context, "__init__", why, ("max_requests",)),
+        Reliance(parts.worker_context, "terminated", why + " drains on shutdown", instance=True),
+        Reliance(parts.asgi_wrapper, "__init__", why, ("app",)),
+        Reliance(config, "response_headers", why + " adds Server: gateway", ("protocol",)),
+        *(
+            Reliance(config, name, why + " sets it from [http2]", setting=True)
+            for name in (
+                "h2_max_concurrent_streams",
+                "h2_max_header_list_size",
+                "h2_max_inbound_frame_size",
+                "keep_alive_max_requests",
+                "keep_alive_timeout",
+                "include_server_header",
+                "include_date_header",
+                "accesslog",
+                "errorlog",
+            )
+        ),
+    )

@@ -8,9 +8,20 @@ from gateway.acme import AcmeOptions, domains_of
 from gateway.certificates import CertificateStore
 from gateway.control import state_dir
 from gateway.settings import ConfigError, Settings
-from gateway.tls import CertificatePair, check_pair
+from gateway.tls import HTTP1_ALPN, HTTP2_ALPN, CertificatePair, check_pair
 
-__all__ = ["acme_options", "certificate_problems", "certificate_store", "install_certificates"]
+__all__ = [
+    "acme_options",
+    "alpn_protocols",
+    "certificate_problems",
+    "certificate_store",
+    "install_certificates",
+]
+
+
+def alpn_protocols(settings: Settings) -> tuple[str, ...]:
+    """What the TLS listener offers by ALPN: h2 first with ``listen.http2``."""
+    return HTTP2_ALPN if settings.listen.http2 else HTTP1_ALPN
 
 
 def certificate_store(settings: Settings, pair: CertificatePair) -> CertificateStore:
@@ -23,6 +34,7 @@ def certificate_store(settings: Settings, pair: CertificatePair) -> CertificateS
         default_pair=pair,
         reject_unknown=settings.tls.unknown_sni == "reject",
         challenges=acme.storage / "tls-alpn-01" if acme is not None else None,
+        alpn=alpn_protocols(settings),
     )
     install_certificates(store, settings)
     return store

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from cryptography import x509
 
 from gateway.logs import get_logger
-from gateway.tls import CertificatePair, TLSProfile, harden
+from gateway.tls import HTTP1_ALPN, CertificatePair, TLSProfile, harden
 
 __all__ = [
     "ACME_TLS_ALPN",
@@ -194,8 +194,10 @@ class CertificateStore:
         default_pair: CertificatePair | None = None,
         reject_unknown: bool = False,
         challenges: Path | None = None,
+        alpn: tuple[str, ...] = HTTP1_ALPN,
     ) -> None:
         self.profile: TLSProfile = profile
+        self.alpn = alpn  # what every certificate's context offers (h2 with listen.http2)
         self.default_pair = default_pair
         self.reject_unknown = reject_unknown
         # Where the ACME client leaves tls-alpn-01 certificates (None: no ACME).
@@ -237,7 +239,7 @@ class CertificateStore:
     ) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(pair.certfile, pair.keyfile)
-        harden(context, self.profile)
+        harden(context, self.profile, self.alpn)
         if alpn is not None:
             context.set_alpn_protocols(list(alpn))
         return context

@@ -27,9 +27,10 @@ import uvicorn
 from gateway._compat import UvicornConfig, UvicornServer
 from gateway.acme import AcmeManager, AcmeOptions
 from gateway.app import close_websockets, create_admin_app, create_app
-from gateway.certificate_settings import acme_options, certificate_store
+from gateway.certificate_settings import acme_options, alpn_protocols, certificate_store
 from gateway.certificates import CertificateStore
 from gateway.control import ReloadReport, write_report
+from gateway.http2 import H2Limits, Http2Server, by_alpn, require_hypercorn
 from gateway.listener import PlainHTTP, TLSListener
 from gateway.logs import configure_logging, get_logger, quiet_uvicorn
 from gateway.protocols import HTTP_PROTOCOL, WebSocketProtocol
@@ -37,7 +38,7 @@ from gateway.proxy.websocket_rules import wire_max_size
 from gateway.reload import Reloader, check_reload
 from gateway.settings import Settings, load_settings
 from gateway.sockets import Listener
-from gateway.tls import CertificatePair, RedirectToHttps, TLSProfile, harden
+from gateway.tls import HTTP1_ALPN, CertificatePair, RedirectToHttps, TLSProfile, harden
 from gateway.watchdog import Watchdog, tick_for
 
 __all__ = [
@@ -73,11 +74,14 @@ class _Config(UvicornConfig):
     # Certificates by SNI name: [[certificates]] and ACME (gateway.certificates).
     certificates: CertificateStore | None = None
     acme: AcmeOptions | None = None
+    # listen.http2: what the listener offers by ALPN, and HTTP/2 connections' bounds.
+    alpn: tuple[str, ...] = HTTP1_ALPN
+    h2_limits: H2Limits | None = None
 
     def load(self) -> None:
         super().load()
         if self.ssl is not None:
-            harden(self.ssl, self.tls_profile)
+            harden(self.ssl, self.tls_profile, self.alpn)
             if self.certificates is not None:
                 self.certificates.attach(self.ssl)
 
@@ -104,6 +108,7 @@ class GatewayServer(UvicornServer):
         self._before_shutdown = before_shutdown
         self.acme: AcmeManager | None = None
         self._acme_task: asyncio.Task[None] | None = None
+        self.http2: Http2Server | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -125,11 +130,17 @@ class GatewayServer(UvicornServer):
                 config=config, server_state=self.server_state, app_state=self.lifespan.state
             )
 
+        protocol_factory = create_protocol
+        limits: H2Limits | None = getattr(config, "h2_limits", None)
+        if limits is not None:
+            self.http2 = Http2Server(config.loaded_app, self.lifespan.state, limits)
+            protocol_factory = by_alpn(create_protocol, self.http2)
+
         store: CertificateStore | None = getattr(config, "certificates", None)
         for sock in sockets:
             listener = TLSListener(
                 sock,
-                create_protocol,
+                protocol_factory,
                 config.ssl,
                 handshake_timeout_s=timeout_s,
                 plain_http=getattr(config, "plain_http", "reject"),
@@ -154,7 +165,24 @@ class GatewayServer(UvicornServer):
             for server in self.servers:
                 server.close()
             await self._before_shutdown()
-        await super().shutdown(sockets)
+        if self.http2 is None:
+            await super().shutdown(sockets)
+            return
+        # HTTP/2 connections are hypercorn's: drained next to uvicorn's own, and the app's
+        # lifespan shutdown (which closes the backend pools) waits for both.
+        grace_s = float(self.config.timeout_graceful_shutdown or 0)
+        drained = asyncio.ensure_future(self.http2.shutdown(grace_s))
+        lifespan_shutdown = self.lifespan.shutdown
+
+        async def after_http2() -> None:
+            await drained
+            await lifespan_shutdown()
+
+        self.lifespan.shutdown = after_http2
+        try:
+            await super().shutdown(sockets)
+        finally:
+            await drained
 
 
 def max_head_bytes(settings: Settings) -> int:
@@ -217,6 +245,18 @@ def uvicorn_config(
     config.ws_send_timeout_s = settings.timeouts.send_s
     config.ws_relay = settings.websocket.relay
     config.https_port = settings.listen.public_port or settings.listen.port
+    config.alpn = alpn_protocols(settings)
+    if settings.listen.http2:
+        require_hypercorn()
+        config.h2_limits = H2Limits(
+            max_concurrent_streams=settings.http2.max_concurrent_streams,
+            max_header_list_bytes=settings.limits.max_header_bytes,
+            max_frame_bytes=settings.http2.max_frame_bytes,
+            max_requests=settings.http2.max_requests_per_connection,
+            keep_alive_s=settings.http2.idle_timeout_s,
+            date_and_server=not settings.forwarding.pass_date_server,
+            access_log=access_log,
+        )
     if pair is not None:
         config.certificates = certificates or certificate_store(settings, pair)
         config.acme = acme_options(settings)

@@ -39,6 +39,7 @@ __all__ = [
     "CertificateSettings",
     "ConfigError",
     "ForwardingSettings",
+    "Http2Settings",
     "LimitSettings",
     "ListenSettings",
     "RouteSettings",
@@ -76,6 +77,9 @@ class ListenSettings(_Section):
     # Plain HTTP sent to the TLS port: "reject" answers 400 with an explanation,
     # "redirect" a 308 to the https URL (for a gateway without redirect_port).
     plain_http: Literal["reject", "redirect"] = "reject"
+    # HTTP/2 next to HTTP/1.1 on the TLS listener, chosen by ALPN (served by hypercorn:
+    # pip install 'gateway[http2]'; bounds in [http2]). Never in cleartext (h2c).
+    http2: bool = False
 
     @field_validator("certfile", "keyfile")
     @classmethod
@@ -90,6 +94,8 @@ class ListenSettings(_Section):
             raise ValueError("certfile and keyfile must be given together")
         if self.redirect_port is not None and not self.tls:
             raise ValueError("redirect_port needs tls = true (it redirects to https)")
+        if self.http2 and not self.tls:
+            raise ValueError("http2 needs tls = true (cleartext HTTP/2, h2c, is not served)")
         return self
 
 
@@ -130,6 +136,22 @@ class TLSSettings(_Section):
     # A client's SNI name that no [[certificates]] entry (nor ACME) covers: "default"
     # serves the default certificate, "reject" ends the handshake (unrecognized_name).
     unknown_sni: Literal["default", "reject"] = "default"
+
+
+class Http2Settings(_Section):
+    """Bounds of one HTTP/2 connection (listen.http2); its header list is bounded by
+    limits.max_header_bytes."""
+
+    # Streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS; nginx http2_max_concurrent_streams).
+    max_concurrent_streams: int = Field(100, ge=1, le=10000)
+    # Then GOAWAY: a client opens a new connection (nginx keepalive_requests). Also what
+    # bounds a rapid-reset burst (streams opened and cancelled at once). At most 900:
+    # hypercorn's stream priority tree holds 1,000 streams.
+    max_requests_per_connection: int = Field(500, ge=1, le=900)
+    # A connection without an open stream is closed after this long.
+    idle_timeout_s: float = Field(5.0, gt=0)
+    # The largest frame a client may send (SETTINGS_MAX_FRAME_SIZE, 16 KiB to 16 MiB).
+    max_frame_bytes: int = Field(16384, ge=16384, le=16777215)
 
 
 class CertificateSettings(_Section):
@@ -528,6 +550,7 @@ class Settings(BaseSettings):
 
     listen: ListenSettings = ListenSettings()
     tls: TLSSettings = TLSSettings()
+    http2: Http2Settings = Http2Settings()
     certificates: list[CertificateSettings] = Field(default_factory=list)
     acme: AcmeSettings | None = None
     routes: list[RouteSettings] = Field(

@@ -23,6 +23,8 @@ from gateway.responses import send_text
 
 __all__ = [
     "DEV_CERT_NAMES",
+    "HTTP1_ALPN",
+    "HTTP2_ALPN",
     "INTERMEDIATE_CIPHERS",
     "TLS_GROUPS",
     "CertificatePair",
@@ -88,8 +90,17 @@ def describe_profile(profile: TLSProfile) -> str:
     return f"intermediate: TLS 1.2 (ECDHE + AEAD ciphers) and TLS 1.3, groups {TLS_GROUPS}"
 
 
-def harden(context: ssl.SSLContext, profile: TLSProfile = "intermediate") -> ssl.SSLContext:
-    """Apply Mozilla's ``intermediate`` or ``modern`` profile and offer http/1.1 over ALPN.
+HTTP1_ALPN = ("http/1.1",)
+HTTP2_ALPN = ("h2", "http/1.1")
+
+
+def harden(
+    context: ssl.SSLContext,
+    profile: TLSProfile = "intermediate",
+    alpn: tuple[str, ...] = HTTP1_ALPN,
+) -> ssl.SSLContext:
+    """Apply Mozilla's ``intermediate`` or ``modern`` profile and offer ``alpn`` (http/1.1,
+    or h2 first with ``listen.http2``).
 
     The server's cipher order is kept (Python's default for server contexts): every
     suite allowed is strong, and AES-128-GCM first is the cheapest of them.
@@ -100,7 +111,7 @@ def harden(context: ssl.SSLContext, profile: TLSProfile = "intermediate") -> ssl
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_ciphers(INTERMEDIATE_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(list(alpn))
     return context
 
 

@@ -10,7 +10,14 @@ import re
 import pytest
 
 from gateway import _compat
-from gateway._compat import RELIES_ON, Reliance
+from gateway._compat import RELIES_ON, Reliance, hypercorn_reliances
+
+
+def _hypercorn() -> tuple[Reliance, ...]:
+    try:
+        return hypercorn_reliances()
+    except ImportError:  # the http2 extra is not installed (CI installs it)
+        return ()
 
 
 def _label(reliance: Reliance) -> str:
@@ -18,14 +25,18 @@ def _label(reliance: Reliance) -> str:
     return f"{owner}.{reliance.attribute}"
 
 
-@pytest.mark.parametrize("reliance", RELIES_ON, ids=_label)
+@pytest.mark.parametrize("reliance", RELIES_ON + _hypercorn(), ids=_label)
 def test_what_the_gateway_relies_on_still_exists(reliance: Reliance) -> None:
     owner = reliance.owner
+    if reliance.setting:
+        assert hasattr(owner, reliance.attribute), f"{_label(reliance)} is gone ({reliance.why})"
+        return
     if reliance.instance:
         # Set on instances: look for the assignment in the class's own source.
         assert isinstance(owner, type)
+        libraries = ("uvicorn", "starlette", "hypercorn")
         source = "".join(inspect.getsource(cls) for cls in owner.__mro__ if cls is not object
-                         and cls.__module__.split(".")[0] in ("uvicorn", "starlette"))  # fmt: skip
+                         and cls.__module__.split(".")[0] in libraries)  # fmt: skip
         pattern = rf"self\.{re.escape(reliance.attribute)}\s*(:[^=\n]+)?="
         assert re.search(pattern, source), f"{_label(reliance)} no longer set ({reliance.why})"
         return
@@ -45,7 +56,8 @@ def test_the_seam_is_the_only_importer_of_those_internals() -> None:
 
     package = Path(_compat.__file__).parent
     internals = re.compile(
-        r"^\s*(from|import) (uvicorn\.protocols|starlette\.staticfiles|prometheus_client\.utils)",
+        r"^\s*(from|import) (uvicorn\.protocols|starlette\.staticfiles|prometheus_client\.utils"
+        r"|hypercorn)",
         re.M,
     )
     offenders = [

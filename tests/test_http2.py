@@ -1,0 +1,419 @@
+"""HTTP/2 on the TLS listener (listen.http2): real TLS on 127.0.0.1, httpx's HTTP/2 client
+for requests, the ``h2`` library for raw frames (WebSocket over HTTP/2, abuse)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.settings import Settings
+from gateway.tls import CertificatePair
+from tests.conftest import GatewayFactory
+from tests.proxy.ws_servers import ws_backend
+from tests.servers import Backend, eventually, free_port, gateway_process
+from tests.test_lifecycle import reload_and_wait
+from tests.tools import require_command
+
+h2_connection = pytest.importorskip("h2.connection")
+h2_config = pytest.importorskip("h2.config")
+h2_events = pytest.importorskip("h2.events")
+h2_settings = pytest.importorskip("h2.settings")
+h2_errors = pytest.importorskip("h2.errors")
+pytest.importorskip("hypercorn")
+
+HTTP2 = {"listen": {"http2": True}, "origin": {"allow": ["*"]}}
+
+
+@pytest.fixture
+async def h2_gateway(backend: Backend, gateway_factory: GatewayFactory) -> AsyncIterator[str]:
+    async with gateway_factory(f"http://127.0.0.1:{backend.port}", **HTTP2) as url:
+        yield url
+
+
+def header(headers: list[list[str]], name: str) -> list[str]:
+    return [value for key, value in headers if key.lower() == name]
+
+
+async def test_requests_over_h2_reach_the_backend_as_http11(
+    h2_gateway: str, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    port = h2_gateway.rsplit(":", 1)[1]
+    async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+        got = await client.get(f"https://localhost:{port}/echo/a%2Fb?x=1&x=2")
+        posted = await client.post(f"https://localhost:{port}/echo", content=b"z" * 100_000)
+    assert got.http_version == "HTTP/2"
+    assert got.status_code == 200
+    seen = got.json()
+    assert seen["raw_path"] == "/echo/a%2Fb"
+    assert seen["query"] == "x=1&x=2"
+    # Host from :authority; no pseudo-header or HTTP/2-only field reaches the backend.
+    assert header(seen["headers"], "host") == [f"localhost:{port}"]
+    assert not [name for name, _ in seen["headers"] if name.startswith(":")]
+    assert header(seen["headers"], "x-forwarded-proto") == ["https"]
+    assert posted.json()["body_bytes"] == 100_000
+    # One Date and one Server, the gateway's.
+    assert got.headers.get_list("server") == ["gateway"]
+    assert len(got.headers.get_list("date")) == 1
+    assert got.headers.get("x-request-id")
+
+
+async def test_http11_keeps_working_on_the_same_port(
+    h2_gateway: str, client_ssl: ssl.SSLContext
+) -> None:
+    async with httpx.AsyncClient(http2=False, verify=client_ssl) as client:
+        response = await client.get(f"{h2_gateway}/echo")
+    assert response.http_version == "HTTP/1.1"
+    assert response.status_code == 200
+
+
+async def test_the_edge_rules_hold_per_stream(h2_gateway: str, client_ssl: ssl.SSLContext) -> None:
+    async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+        dots = await client.get(f"{h2_gateway}/x/%2e%2e/echo")
+        many = await client.get(f"{h2_gateway}/echo", headers={f"x-{i}": "1" for i in range(120)})
+    assert dots.status_code == 400  # path rules
+    assert many.status_code == 431  # limits.max_header_count
+    # A header list over the announced SETTINGS_MAX_HEADER_LIST_SIZE (limits.max_header_bytes)
+    # ends the connection: GOAWAY ENHANCE_YOUR_CALM.
+    async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+        with pytest.raises(httpx.RemoteProtocolError, match="error_code:11"):
+            await client.get(f"{h2_gateway}/echo", headers={"x-big": "v" * 70_000})
+        fine = await client.get(f"{h2_gateway}/echo")
+    assert fine.status_code == 200
+
+
+async def test_h2_needs_tls() -> None:
+    with pytest.raises(ValueError, match="h2c"):
+        Settings(listen={"tls": False, "http2": True})
+
+
+async def test_backend_down_is_502_over_h2(
+    gateway_factory: GatewayFactory, client_ssl: ssl.SSLContext
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    async with (
+        gateway_factory(f"http://127.0.0.1:{closed}", **HTTP2) as url,
+        httpx.AsyncClient(http2=True, verify=client_ssl) as client,
+    ):
+        response = await client.get(f"{url}/")
+    assert response.http_version == "HTTP/2"
+    assert response.status_code == 502
+
+
+# -- raw HTTP/2 ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def h2_socket(port: int, client_ssl: ssl.SSLContext) -> Iterator[ssl.SSLSocket]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cadata=_ca_pem(client_ssl))
+    context.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    tls = context.wrap_socket(raw, server_hostname="localhost")
+    assert tls.selected_alpn_protocol() == "h2"
+    try:
+        yield tls
+    finally:
+        tls.close()
+
+
+def _ca_pem(context: ssl.SSLContext) -> str:
+    return "".join(ssl.DER_cert_to_PEM_cert(der) for der in context.get_ca_certs(binary_form=True))
+
+
+def client_connection() -> Any:
+    config = h2_config.H2Configuration(client_side=True, header_encoding=None)
+    conn = h2_connection.H2Connection(config=config)
+    conn.initiate_connection()
+    return conn
+
+
+def read_events(tls: ssl.SSLSocket, conn: Any, until: Any, limit_s: float = 10) -> list[Any]:
+    """Read and collect events until ``until(events)`` is true or the connection ends."""
+    events: list[Any] = []
+    tls.settimeout(limit_s)
+    while not until(events):
+        try:
+            data = tls.recv(65536)
+        except (TimeoutError, OSError):
+            break
+        if not data:
+            break
+        events.extend(conn.receive_data(data))
+        if outgoing := conn.data_to_send():
+            with contextlib.suppress(OSError):
+                tls.sendall(outgoing)
+    return events
+
+
+def settings_received(events: list[Any]) -> bool:
+    return any(isinstance(e, h2_events.RemoteSettingsChanged) for e in events)
+
+
+def request_headers(port: int, path: str = "/echo") -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", b"GET"),
+        (b":scheme", b"https"),
+        (b":authority", f"localhost:{port}".encode()),
+        (b":path", path.encode()),
+    ]
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def websocket_frame(opcode: int, payload: bytes) -> bytes:
+    """A client (masked) WebSocket frame, payload under 126 bytes."""
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + key + masked
+
+
+async def test_websocket_over_h2_rfc8441(
+    gateway_factory: GatewayFactory, client_ssl: ssl.SSLContext
+) -> None:
+    async with ws_backend() as backend, gateway_factory(backend.url, **HTTP2) as url:
+        port = port_of(url)
+
+        def session() -> tuple[bool, int, bytes]:
+            with h2_socket(port, client_ssl) as tls:
+                conn = client_connection()
+                tls.sendall(conn.data_to_send())
+                read_events(tls, conn, settings_received)
+                enabled = conn.remote_settings.get(h2_settings.SettingCodes.ENABLE_CONNECT_PROTOCOL)
+                stream = conn.get_next_available_stream_id()
+                conn.send_headers(
+                    stream,
+                    [
+                        (b":method", b"CONNECT"),
+                        (b":protocol", b"websocket"),
+                        (b":scheme", b"https"),
+                        (b":authority", f"localhost:{port}".encode()),
+                        (b":path", b"/ws"),
+                        (b"sec-websocket-version", b"13"),
+                        (b"origin", f"https://localhost:{port}".encode()),
+                    ],
+                )
+                tls.sendall(conn.data_to_send())
+                events = read_events(
+                    tls, conn, lambda ev: any(isinstance(e, h2_events.ResponseReceived) for e in ev)
+                )
+                status = next(
+                    int(dict(e.headers)[b":status"])
+                    for e in events
+                    if isinstance(e, h2_events.ResponseReceived)
+                )
+                conn.send_data(stream, websocket_frame(0x1, b"hello over h2"))
+                tls.sendall(conn.data_to_send())
+                received = b""
+
+                def echoed(ev: list[Any]) -> bool:
+                    nonlocal received
+                    for e in ev[len(ev) - 1 :] if ev else []:
+                        if isinstance(e, h2_events.DataReceived):
+                            received += e.data
+                            conn.acknowledge_received_data(e.flow_controlled_length, stream)
+                    return b"hello over h2" in received
+
+                read_events(tls, conn, echoed)
+                return bool(enabled), status, received
+
+        enabled, status, received = await asyncio.to_thread(session)
+    assert enabled  # SETTINGS_ENABLE_CONNECT_PROTOCOL announced
+    assert status == 200
+    assert received[:2] == bytes([0x81, len(b"hello over h2")])  # an unmasked text frame
+    assert received[2:] == b"hello over h2"
+
+
+async def test_rapid_reset_burst_ends_the_connection_and_others_are_served(
+    h2_gateway: str, client_ssl: ssl.SSLContext, backend: Backend
+) -> None:
+    port = port_of(h2_gateway)
+
+    def burst() -> tuple[int, bool]:
+        """Open and cancel 5,000 streams (CVE-2023-44487); (streams sent, ended by server)."""
+        with h2_socket(port, client_ssl) as tls:
+            conn = client_connection()
+            tls.sendall(conn.data_to_send())
+            sent = 0
+            with contextlib.suppress(OSError):
+                for _ in range(50):
+                    for _ in range(100):
+                        stream = conn.get_next_available_stream_id()
+                        conn.send_headers(stream, request_headers(port), end_stream=True)
+                        conn.reset_stream(stream, h2_errors.ErrorCodes.CANCEL)
+                        sent += 1
+                    tls.sendall(conn.data_to_send())
+            # The server ends the connection: GOAWAY, or a close.
+            tls.settimeout(10)
+            ended = False
+            with contextlib.suppress(OSError):
+                while data := tls.recv(65536):
+                    if any(
+                        isinstance(e, h2_events.ConnectionTerminated)
+                        for e in conn.receive_data(data)
+                    ):
+                        ended = True
+                        break
+                else:
+                    ended = True
+            return sent, ended
+
+    sent, ended = await asyncio.to_thread(burst)
+    assert ended, sent
+    # Streams cancelled at once start little work (main: hypercorn's default of 1,000
+    # requests per connection; here 500).
+    assert backend.started <= 1000, backend.started
+    async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+        response = await client.get(f"https://localhost:{port}/echo")
+    assert response.status_code == 200
+
+
+async def test_more_streams_than_allowed_are_refused(
+    gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    sections = {**HTTP2, "http2": {"max_concurrent_streams": 4}}
+    async with gateway_factory(f"http://127.0.0.1:{backend.port}", **sections) as url:
+        port = port_of(url)
+
+        def streams() -> tuple[int, list[int]]:
+            with h2_socket(port, client_ssl) as tls:
+                conn = client_connection()
+                tls.sendall(conn.data_to_send())
+                read_events(tls, conn, settings_received)
+                allowed = conn.remote_settings.max_concurrent_streams
+                # Past the announced limit on purpose: the client library would refuse.
+                conn.remote_settings[h2_settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 100
+                conn.remote_settings.acknowledge()
+                ids = []
+                for _ in range(8):  # slow requests: all open at once
+                    stream = conn.get_next_available_stream_id()
+                    conn.send_headers(stream, request_headers(port, "/slow/1"), end_stream=True)
+                    ids.append(stream)
+                tls.sendall(conn.data_to_send())
+                events = read_events(
+                    tls,
+                    conn,
+                    lambda ev: any(isinstance(e, h2_events.ConnectionTerminated) for e in ev),
+                    limit_s=5,
+                )
+                ends = [e for e in events if isinstance(e, h2_events.ConnectionTerminated)]
+                return allowed, [(e.error_code, e.last_stream_id) for e in ends]
+
+        allowed, ends = await asyncio.to_thread(streams)
+        async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+            response = await client.get(f"{url}/echo")
+    assert allowed == 4
+    # The fifth stream breaks the announced limit: GOAWAY (PROTOCOL_ERROR) naming the
+    # last of the four streams taken; other connections are served.
+    assert ends == [(h2_errors.ErrorCodes.PROTOCOL_ERROR, 7)]
+    assert response.status_code == 200
+
+
+async def test_continuation_flood_is_cut_off(h2_gateway: str, client_ssl: ssl.SSLContext) -> None:
+    """HEADERS without END_HEADERS, then CONTINUATION frames without end (CVE-2024-27316's
+    shape): the connection ends before the block outgrows the header list limit."""
+    port = port_of(h2_gateway)
+
+    def flood() -> tuple[int, bool]:
+        with h2_socket(port, client_ssl) as tls:
+            conn = client_connection()
+            tls.sendall(conn.data_to_send())
+            block = b"\x00" + bytes([0x7F, 0x81, 0x7F]) + b"x" * 16_000  # literal, long name
+            headers_frame = struct.pack("!I", (len(block) << 8) | 0x01)[1:]  # type HEADERS
+            head = headers_frame[:3] + bytes([0x01, 0x00]) + struct.pack("!I", 1)  # END_STREAM
+            tls.sendall(head + block)
+            sent = len(block)
+            continuation = struct.pack("!I", len(block))[1:] + bytes([0x09, 0x00])
+            continuation += struct.pack("!I", 1) + block
+            try:
+                for _ in range(2_000):  # 32 MB if nothing stopped it
+                    tls.sendall(continuation)
+                    sent += len(block)
+            except OSError:  # the server closed the connection
+                return sent, True
+            return sent, False
+
+    sent, cut_off = await asyncio.to_thread(flood)
+    # Cut off: what was sent is the header list limit plus the sockets' buffers.
+    assert cut_off, sent
+    assert sent < 16 * 1024 * 1024, sent
+    async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+        response = await client.get(f"https://localhost:{port}/echo")
+    assert response.status_code == 200
+
+
+# -- gateway run ---------------------------------------------------------------------------
+
+
+WRITE_OUT = ("-o", "/dev/null", "-w", "%{http_version} %{http_code}")
+
+
+def run_toml(port: int, pair: CertificatePair, backend_port: int, version: str) -> str:
+    return (
+        f'[listen]\nport = {port}\ncertfile = "{pair.certfile}"\nkeyfile = "{pair.keyfile}"\n'
+        "http2 = true\n"
+        f'[headers]\nresponse_set = {{ x-config = "{version}" }}\n'
+        f'[[routes]]\nupstream = "http://127.0.0.1:{backend_port}"\n'
+    )
+
+
+async def test_gateway_run_serves_h2_reloads_and_drains(
+    tmp_path: Path, cert_pair: CertificatePair, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    """curl --http2 and h2load against `gateway run`; a SIGHUP reload is seen over the same
+    h2 connection; SIGTERM lets a slow h2 request finish."""
+    curl, h2load = require_command("curl"), require_command("h2load")
+    port = free_port()
+    config, pid_file = tmp_path / "gateway.toml", tmp_path / "gateway.pid"
+    config.write_text(run_toml(port, cert_pair, backend.port, "one"))
+    args = [sys.executable, "-m", "gateway", "run", "-c", str(config), "--pid-file", str(pid_file)]
+    env = {"GATEWAY_STATE_DIR": str(tmp_path)}
+    ca = tmp_path / "ca.pem"
+    ca.write_text(_ca_pem(client_ssl))
+    url = f"https://localhost:{port}"
+    async with gateway_process(args, port, env) as process:
+        shown = await asyncio.to_thread(
+            subprocess.run,
+            [curl, "-sS", "--http2", "--cacert", str(ca), *WRITE_OUT, f"{url}/echo"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert shown.stdout == "2 200", shown
+        loaded = await asyncio.to_thread(
+            subprocess.run,
+            [h2load, "-n", "2000", "-c", "4", "-m", "10", f"{url}/echo"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "2000 succeeded, 0 failed, 0 errored" in loaded.stdout, loaded.stdout
+        async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+            before = await client.get(f"{url}/echo")
+            config.write_text(run_toml(port, cert_pair, backend.port, "two"))
+            await reload_and_wait(process.pid, pid_file)
+            after = await client.get(f"{url}/echo")  # the same HTTP/2 connection
+            slow = asyncio.create_task(client.get(f"{url}/slow/1"))
+            await eventually(lambda: backend.requests[-1]["raw_path"] == "/slow/1", 10)
+            process.send_signal(signal.SIGTERM)
+            finished = await slow
+        assert await process.wait() == 0
+    assert (before.http_version, before.headers["x-config"]) == ("HTTP/2", "one")
+    assert (after.http_version, after.headers["x-config"]) == ("HTTP/2", "two")
+    assert finished.status_code == 200
