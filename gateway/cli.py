@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import functools
 import getpass
+import importlib.util
 import os
 import signal
 import sys
@@ -75,6 +76,18 @@ def check_certificates(settings: Settings, pair: CertificatePair | None, where: 
     return [f"{where}: {text}" for text in [*problems, *certificate_problems(settings)]]
 
 
+def check_extras(settings: Settings, where: str) -> list[str]:
+    """Features turned on whose optional packages are not installed."""
+    wanted = [("listen.http2", "hypercorn", "http2")] if settings.listen.http2 else []
+    if settings.acme is not None:
+        wanted.append(("[acme]", "acme", "acme"))
+    return [
+        f"{where}: {key}: needs the {module!r} package: pip install 'gateway[{extra}]'"
+        for key, module, extra in wanted
+        if importlib.util.find_spec(module) is None
+    ]
+
+
 def _load(path: str | None) -> tuple[Settings, str]:
     """Settings from ``path``, checked as far as building the app (middleware arguments)."""
     settings = load_settings(path)
@@ -125,7 +138,7 @@ def serve(
     """Check the certificates, bind, then serve ``settings`` until a signal stops it."""
     configure_logging(settings.log.level)
     pair = resolve_certificate(settings)
-    problems = check_certificates(settings, pair, where)
+    problems = check_extras(settings, where) + check_certificates(settings, pair, where)
     if problems:
         raise ConfigError(problems)
     listeners = bind_listeners(settings, where)
@@ -227,7 +240,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     listen = settings.listen
     given = listen.certfile is not None and listen.keyfile is not None
     pair = CertificatePair(listen.certfile, listen.keyfile) if given else None  # type: ignore[arg-type]
-    problems = check_certificates(settings, pair, where)
+    problems = check_extras(settings, where) + check_certificates(settings, pair, where)
     if problems:
         raise ConfigError(problems)
     print(to_toml(settings), end="")

@@ -251,3 +251,26 @@ async def test_admin_listener_serves_health_metrics_and_status(backend: Backend)
     access = [line for line in log.splitlines() if '"GET /echo' in line]
     assert len(access) == 3
     assert "s3cret" not in log
+
+
+def test_features_without_their_extra_are_named_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from gateway.cli import check_extras
+    from gateway.settings import Settings
+
+    settings = Settings(listen={"http2": True}, acme={"domains": ["gw.example.com"]})
+    assert check_extras(settings, "g.toml") == []  # both extras are installed here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name: None if name in ("hypercorn", "acme") else real(name),
+    )
+    assert check_extras(settings, "g.toml") == [
+        "g.toml: listen.http2: needs the 'hypercorn' package: pip install 'gateway[http2]'",
+        "g.toml: [acme]: needs the 'acme' package: pip install 'gateway[acme]'",
+    ]
+    assert check_extras(Settings(), "g.toml") == []
