@@ -12,6 +12,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from gateway.settings import Settings
 from gateway.tls import CertificatePair
 from tests.conftest import GatewayFactory
 from tests.proxy.ws_servers import ws_backend
+from tests.robustness.test_hostile import flood, rss_bytes
 from tests.servers import Backend, eventually, free_port, gateway_process
 from tests.test_lifecycle import reload_and_wait
 from tests.tools import require_command
@@ -417,3 +419,58 @@ async def test_gateway_run_serves_h2_reloads_and_drains(
     assert (before.http_version, before.headers["x-config"]) == ("HTTP/2", "one")
     assert (after.http_version, after.headers["x-config"]) == ("HTTP/2", "two")
     assert finished.status_code == 200
+
+
+# -- floods from a client that never reads (gateway run, its memory measured) ------------
+
+
+def ping_frame(payload: bytes) -> bytes:
+    return struct.pack("!I", 8)[1:] + bytes([0x06, 0x00]) + struct.pack("!I", 0) + payload
+
+
+def settings_frame() -> bytes:
+    setting = struct.pack("!HI", 0x4, 65535)  # SETTINGS_INITIAL_WINDOW_SIZE
+    return (
+        struct.pack("!I", len(setting))[1:] + bytes([0x04, 0x00]) + struct.pack("!I", 0) + setting
+    )
+
+
+@pytest.mark.parametrize("kind", ["ping", "settings"])
+async def test_control_frame_flood_from_a_client_that_never_reads_holds_no_memory(
+    kind: str,
+    tmp_path: Path,
+    cert_pair: CertificatePair,
+    backend: Backend,
+    client_ssl: ssl.SSLContext,
+) -> None:
+    """Every PING and SETTINGS frame is answered: while the client reads none of the
+    answers, the gateway stops reading it (the flood stalls), and holds little."""
+    port = free_port()
+    config, pid_file = tmp_path / "gateway.toml", tmp_path / "gateway.pid"
+    config.write_text(run_toml(port, cert_pair, backend.port, "one"))
+    args = [sys.executable, "-m", "gateway", "run", "-c", str(config), "--pid-file", str(pid_file)]
+    block = (ping_frame(b"12345678") if kind == "ping" else settings_frame()) * 4096
+
+    def attack(pid: int) -> tuple[int, int]:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cadata=_ca_pem(client_ssl))
+        context.set_alpn_protocols(["h2"])
+        with context.wrap_socket(sock, server_hostname="localhost") as tls:
+            conn = client_connection()
+            tls.sendall(conn.data_to_send())
+            time.sleep(0.5)
+            before = rss_bytes(pid)
+            sent = flood(tls, block, 200 * 1024 * 1024, 20)
+            time.sleep(0.5)
+            return sent, rss_bytes(pid) - before
+
+    async with gateway_process(args, port, {"GATEWAY_STATE_DIR": str(tmp_path)}) as process:
+        sent, grown = await asyncio.to_thread(attack, process.pid)
+        async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+            served = await client.get(f"https://localhost:{port}/echo")
+    print(f"\n{kind} flood: {sent / 2**20:.1f} MiB sent, gateway RSS +{grown / 2**20:.1f} MiB")
+    assert grown < 16 * 1024 * 1024, (sent, grown)
+    assert served.status_code == 200
