@@ -185,18 +185,85 @@ class HypercornParts:
 
 
 def hypercorn_parts() -> HypercornParts:
-    """hypercorn's classes; ImportError when the ``http2`` extra is not installed."""
+    """hypercorn's classes; ImportError when the ``http2`` extra is not installed.
+
+    Two defects of hypercorn's HTTP/2 protocol (0.17-0.18) are mended here, each found
+    by a test in tests/test_http2.py:
+
+    - the per-stream send buffer is not bounded: ``StreamBuffer.pop`` releases a waiting
+      writer when the bytes *popped* are few, so a client that never opens its
+      flow-control window (nothing can be popped) lets the app write without end - a
+      50 MB response was read from the backend into memory. Released when the bytes
+      *left* are few, the writer waits (and ``timeouts.send_s`` ends the stream);
+    - an app that ends before its response does (a timeout cut it) leaves the stream
+      open for ever: no END_STREAM, no RST_STREAM. It is reset (INTERNAL_ERROR) here,
+      as HTTP/1.1 closes the connection.
+    """
+    import hypercorn.protocol as protocol
+    import hypercorn.protocol.h2 as h2_protocol
     from hypercorn.app_wrappers import ASGIWrapper
     from hypercorn.asyncio.tcp_server import TCPServer
     from hypercorn.asyncio.worker_context import WorkerContext
     from hypercorn.config import Config
 
+    if not issubclass(h2_protocol.StreamBuffer, _BoundedStreamBuffer):
+        bounded = _bounded(h2_protocol.StreamBuffer, h2_protocol.BUFFER_LOW_WATER)
+        h2_protocol.StreamBuffer = bounded  # type: ignore[misc]
+    # ProtocolWrapper makes its HTTP/2 protocol from this module's name.
+    if not issubclass(getattr(protocol, "H2Protocol"), _ResettingH2):  # noqa: B009
+        setattr(protocol, "H2Protocol", _resetting(h2_protocol.H2Protocol))  # noqa: B010
     return HypercornParts(TCPServer, WorkerContext, ASGIWrapper, Config)
+
+
+class _BoundedStreamBuffer:
+    """Marks hypercorn's StreamBuffer once ``_bounded`` replaced it."""
+
+
+class _ResettingH2:
+    """Marks hypercorn's H2Protocol once ``_resetting`` replaced it."""
+
+
+def _resetting(base: type[Any]) -> type[Any]:
+    from h2.errors import ErrorCodes
+    from h2.exceptions import ProtocolError
+    from hypercorn.protocol.events import StreamClosed
+
+    class ResettingH2Protocol(base, _ResettingH2):  # type: ignore[misc]
+        async def stream_send(self, event: Any) -> None:
+            if isinstance(event, StreamClosed) and not self.closed:
+                buffer = self.stream_buffers.get(event.stream_id)
+                if buffer is not None and not buffer._complete:  # the response did not end
+                    try:
+                        self.connection.reset_stream(event.stream_id, ErrorCodes.INTERNAL_ERROR)
+                    except ProtocolError:
+                        pass  # the stream is closed already
+                    else:
+                        await self._flush()
+            await super().stream_send(event)
+
+    return ResettingH2Protocol
+
+
+def _bounded(base: type[Any], low_water: float) -> type[Any]:
+    class BoundedStreamBuffer(base, _BoundedStreamBuffer):  # type: ignore[misc]
+        async def pop(self, max_length: int) -> bytes:
+            length = min(len(self.buffer), max_length)
+            data = bytes(self.buffer[:length])
+            del self.buffer[:length]
+            if len(self.buffer) < low_water:
+                await self._paused.set()
+            if len(self.buffer) == 0:
+                await self._is_empty.set()
+            return data
+
+    return BoundedStreamBuffer
 
 
 def hypercorn_reliances() -> tuple[Reliance, ...]:
     """``RELIES_ON`` for hypercorn (checked by tests/test_compat.py when it is installed)."""
     parts = hypercorn_parts()
+    import hypercorn.protocol.h2 as h2_protocol
+
     why = "gateway.http2.Http2Server"
     config = parts.config
     return (
@@ -207,6 +274,20 @@ def hypercorn_reliances() -> tuple[Reliance, ...]:
             ("app", "loop", "config", "context", "state", "reader", "writer"),
         ),
         Reliance(parts.tcp_server, "run", why, ()),
+        # The stream buffer's pop, replaced to bound it (see hypercorn_parts).
+        Reliance(h2_protocol.StreamBuffer, "pop", "gateway._compat bounds it", ("max_length",)),
+        Reliance(h2_protocol.StreamBuffer, "push", "gateway._compat", ("data",)),
+        Reliance(h2_protocol.StreamBuffer, "buffer", "gateway._compat", instance=True),
+        Reliance(h2_protocol.StreamBuffer, "_paused", "gateway._compat", instance=True),
+        Reliance(h2_protocol.StreamBuffer, "_is_empty", "gateway._compat", instance=True),
+        Reliance(h2_protocol, "BUFFER_LOW_WATER", "gateway._compat", setting=True),
+        Reliance(h2_protocol.StreamBuffer, "_complete", "gateway._compat", instance=True),
+        # H2Protocol.stream_send, extended to reset a stream whose response did not end.
+        Reliance(h2_protocol.H2Protocol, "stream_send", "gateway._compat", ("event",)),
+        Reliance(h2_protocol.H2Protocol, "_flush", "gateway._compat", ()),
+        Reliance(h2_protocol.H2Protocol, "closed", "gateway._compat", instance=True),
+        Reliance(h2_protocol.H2Protocol, "connection", "gateway._compat", instance=True),
+        Reliance(h2_protocol.H2Protocol, "stream_buffers", "gateway._compat", instance=True),
         Reliance(parts.worker_context, "__init__", why, ("max_requests",)),
         Reliance(parts.worker_context, "terminated", why + " drains on shutdown", instance=True),
         Reliance(parts.asgi_wrapper, "__init__", why, ("app",)),

@@ -474,3 +474,39 @@ async def test_control_frame_flood_from_a_client_that_never_reads_holds_no_memor
     print(f"\n{kind} flood: {sent / 2**20:.1f} MiB sent, gateway RSS +{grown / 2**20:.1f} MiB")
     assert grown < 16 * 1024 * 1024, (sent, grown)
     assert served.status_code == 200
+
+
+async def test_a_client_that_never_opens_its_window_is_cut_off(
+    gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    """Slow read: the response waits for a window that never opens; after
+    ``timeouts.send_s`` the stream ends and the backend connection is let go."""
+    sections = {**HTTP2, "timeouts": {"send_s": 1}}
+    async with gateway_factory(f"http://127.0.0.1:{backend.port}", **sections) as url:
+        port = port_of(url)
+
+        def slow_reader() -> list[Any]:
+            with h2_socket(port, client_ssl) as tls:
+                conn = client_connection()
+                conn.update_settings({h2_settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+                tls.sendall(conn.data_to_send())
+                stream = conn.get_next_available_stream_id()
+                conn.send_headers(stream, request_headers(port, "/bytes/50000000"), end_stream=True)
+                tls.sendall(conn.data_to_send())
+                return read_events(
+                    tls,
+                    conn,
+                    lambda ev: any(
+                        isinstance(e, h2_events.StreamReset | h2_events.ConnectionTerminated)
+                        for e in ev
+                    ),
+                    limit_s=15,
+                )
+
+        events = await asyncio.to_thread(slow_reader)
+        await eventually(lambda: backend.disconnects >= 1, 10)
+    ended = [
+        e for e in events if isinstance(e, h2_events.StreamReset | h2_events.ConnectionTerminated)
+    ]
+    assert ended, events
+    assert backend.bytes_sent < 50_000_000
