@@ -21,7 +21,7 @@ Who reports what, without importing this module (plain values and duck typing):
 
 Metric names (namespace ``gateway``)::
 
-    gateway_http_requests_total{route,code}               counter
+    gateway_http_requests_total{route,code,protocol}      counter  (protocol: 1.0, 1.1, 2)
     gateway_http_request_duration_seconds{route}          histogram
     gateway_upstream_errors_total{route,kind}             counter
     gateway_websocket_sessions_open{route}                gauge
@@ -148,7 +148,8 @@ class RouteMetrics:
     def __init__(self, metrics: Metrics, route: str) -> None:
         self.metrics = metrics
         self.route = route
-        self.statuses: dict[int, int] = {}
+        # (status, HTTP version of the request: "1.1", "2", ...) -> requests answered
+        self.statuses: dict[tuple[int, str], int] = {}
         self._bounds = metrics.latency_buckets_s
         # One slot per bucket bound and a last one for +Inf; not cumulative.
         self.latency_buckets = [0] * (len(self._bounds) + 1)
@@ -162,10 +163,12 @@ class RouteMetrics:
         """HTTP requests answered so far."""
         return sum(self.statuses.values())
 
-    def request_done(self, status: int, seconds: float) -> None:
-        """Count one answered HTTP request (``status`` 499: the client left first)."""
+    def request_done(self, status: int, seconds: float, protocol: str = "1.1") -> None:
+        """Count one answered HTTP request (``status`` 499: the client left first) that
+        came over HTTP/``protocol``."""
         statuses = self.statuses
-        statuses[status] = statuses.get(status, 0) + 1
+        key = (status, protocol)
+        statuses[key] = statuses.get(key, 0) + 1
         self.latency_buckets[bisect_left(self._bounds, seconds)] += 1
         self.latency_sum_s += seconds
         if status >= 500:
@@ -209,7 +212,9 @@ class _RequestCollector(Collector):
     def _families(self) -> tuple[CounterMetricFamily, HistogramMetricFamily]:
         return (
             CounterMetricFamily(
-                self.requests_name, "HTTP requests answered.", labels=["route", "code"]
+                self.requests_name,
+                "HTTP requests answered.",
+                labels=["route", "code", "protocol"],
             ),
             HistogramMetricFamily(
                 self.latency_name,
@@ -227,8 +232,8 @@ class _RequestCollector(Collector):
             # Copies first: a scrape from another thread must not see a dict resize.
             statuses = dict(view.statuses)
             buckets = list(view.latency_buckets)
-            for status, count in sorted(statuses.items()):
-                requests.add_metric([view.route, str(status)], count)
+            for (status, protocol), count in sorted(statuses.items()):
+                requests.add_metric([view.route, str(status), protocol], count)
             if statuses:
                 cumulative = list(zip(self.bucket_names, accumulate(buckets), strict=True))
                 latency.add_metric([view.route], cumulative, sum_value=view.latency_sum_s)
@@ -404,9 +409,9 @@ class Metrics:
             view = self.routes[name] = RouteMetrics(self, name)
         return view
 
-    def request_done(self, route: str, status: int, seconds: float) -> None:
+    def request_done(self, route: str, status: int, seconds: float, protocol: str = "1.1") -> None:
         """Count one answered HTTP request of ``route``."""
-        self.route(route).request_done(status, seconds)
+        self.route(route).request_done(status, seconds, protocol)
 
     def upstream_error(self, route: str, error: BaseException | str) -> None:
         """Count a backend failure (an exception, or a kind such as ``"no_healthy_target"``)."""
@@ -522,7 +527,9 @@ class MetricsMiddleware:
             self.route.metrics.record_error(self.route.route, "internal", _error_message(exc))
             raise
         finally:
-            self.route.request_done(status, time.perf_counter() - start)
+            self.route.request_done(
+                status, time.perf_counter() - start, scope.get("http_version", "1.1")
+            )
             error = state.get(UPSTREAM_ERROR_STATE_KEY)
             if error is not None:
                 self._upstream_errors(error)

@@ -246,7 +246,7 @@ async def test_admin_listener_serves_health_metrics_and_status(backend: Backend)
         log = (await process.stderr.read()).decode()
     assert health.status_code == 200
     assert ready.status_code == 200
-    assert 'gateway_http_requests_total{code="200",route="/"} 3.0' in metrics.text
+    assert 'gateway_http_requests_total{code="200",protocol="1.1",route="/"} 3.0' in metrics.text
     assert status.json()["routes"][0]["name"] == "/"
     access = [line for line in log.splitlines() if '"GET /echo' in line]
     assert len(access) == 3

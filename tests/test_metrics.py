@@ -81,6 +81,9 @@ def parse(text: str) -> Samples:
     return samples
 
 
+REQUESTS = "gateway_http_requests_total"
+
+
 def value(samples: Samples, name: str, **labels: str) -> float | None:
     return samples.get((name, frozenset(labels.items())))
 
@@ -117,9 +120,9 @@ async def test_requests_and_latency_by_route_after_real_traffic(backend: Backend
         samples = await scrape(admin)
 
     requests = "gateway_http_requests_total"
-    assert value(samples, requests, route="/api", code="200") == 3
-    assert value(samples, requests, route="/api", code="503") == 2
-    assert value(samples, requests, route="/", code="200") == 1
+    assert value(samples, requests, route="/api", code="200", protocol="1.1") == 3
+    assert value(samples, requests, route="/api", code="503", protocol="1.1") == 2
+    assert value(samples, requests, route="/", code="200", protocol="1.1") == 1
     latency = "gateway_http_request_duration_seconds"
     assert value(samples, f"{latency}_count", route="/api") == 5
     assert value(samples, f"{latency}_count", route="/") == 1
@@ -183,7 +186,10 @@ async def test_upstream_errors_by_kind_and_recent_errors() -> None:
     assert value(samples, errors, route="/retried", kind="connect_timeout") == 1
     assert value(samples, errors, route="/retried", kind="invalid_response") == 1
     assert value(samples, errors, route="/empty", kind="no_healthy_target") == 1
-    assert value(samples, "gateway_http_requests_total", route="/slow", code="502") == 1
+    assert (
+        value(samples, "gateway_http_requests_total", route="/slow", code="502", protocol="1.1")
+        == 1
+    )
 
     snapshot = metrics.snapshot()
     assert snapshot["upstream_errors_total"] == 6
@@ -217,11 +223,38 @@ async def test_exceptions_and_clients_that_leave() -> None:
         await MetricsMiddleware(crash, metrics=metrics, route="/c")(dict(scope), receive, send)
     await MetricsMiddleware(leave, metrics=metrics, route="/l")(dict(scope), receive, send)
     samples = parse(metrics.exposition().decode())
-    assert value(samples, "gateway_http_requests_total", route="/c", code="500") == 1
-    assert value(samples, "gateway_http_requests_total", route="/l", code="499") == 1
+    assert (
+        value(samples, "gateway_http_requests_total", route="/c", code="500", protocol="1.1") == 1
+    )
+    assert (
+        value(samples, "gateway_http_requests_total", route="/l", code="499", protocol="1.1") == 1
+    )
     [error] = metrics.snapshot()["recent_errors"]
     assert (error["route"], error["kind"]) == ("/c", "internal")
     assert "handler bug" in error["message"]
+
+
+async def test_requests_are_counted_by_protocol() -> None:
+    metrics = Metrics()
+
+    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        pass
+
+    middleware = MetricsMiddleware(answer, metrics=metrics, route="/")
+    for version in ("2", "2", "1.1"):
+        scope = {"type": "http", "method": "GET", "path": "/", "http_version": version}
+        await middleware(scope, receive, send)
+    samples = parse(metrics.exposition().decode())
+    requests = "gateway_http_requests_total"
+    assert value(samples, requests, route="/", code="204", protocol="2") == 2
+    assert value(samples, requests, route="/", code="204", protocol="1.1") == 1
 
 
 async def test_other_scopes_pass_straight_through() -> None:
@@ -305,7 +338,7 @@ def test_each_app_has_its_own_registry() -> None:
     assert value(parse(second.exposition().decode()), "gateway_http_requests_total",
                  route="/", code="200") is None  # fmt: skip
     assert value(parse(first.exposition().decode()), "gateway_http_requests_total",
-                 route="/", code="200") == 1  # fmt: skip
+                 route="/", code="200", protocol="1.1") == 1  # fmt: skip
     default = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
     assert "gateway_" not in default
 
