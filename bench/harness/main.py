@@ -150,6 +150,7 @@ def run_cell(
     start_failed = False
     try:
         try:
+            target.http2 = scenario.kind == "h2"
             running = target.start(procs, scenario.tls)
         except StartError:
             start_failed = True
@@ -258,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                     n += 1
                     if start_failures.get(target.name, 0) >= MAX_START_FAILURES:
                         continue
+                    if scenario.kind == "h2" and not target.speaks_h2:
+                        continue  # no HTTP/2 there: the cell stays empty (n/a)
                     cell = run_cell(procs, target, scenario, profile, bk, rnd)
                     cells.append(cell)
                     if cell["start_failed"]:

@@ -22,7 +22,9 @@ class ScenarioError(RuntimeError):
 
 
 def run(procs: Processes, target: Running, scenario: Scenario, profile: Profile) -> Figures:
-    runner = {"http": http, "ws-echo": ws_echo, "ws-idle": ws_idle, "stream": stream}[scenario.kind]
+    runner = {"http": http, "h2": h2, "ws-echo": ws_echo, "ws-idle": ws_idle, "stream": stream}[
+        scenario.kind
+    ]
     return runner(procs, target, scenario, profile)
 
 
@@ -88,6 +90,78 @@ def http(procs: Processes, target: Running, scenario: Scenario, profile: Profile
             f"in {w['requests']} requests"
         )
     return figures
+
+
+# --- HTTP/2: h2load ----------------------------------------------------------------------
+
+H2_STREAMS = 10  # concurrent streams per connection
+
+
+def _h2load(procs: Processes, target: Running, path: str, profile: Profile, seconds: float) -> str:
+    argv: list[str | os.PathLike[str]] = [
+        "h2load",
+        "-c",
+        str(profile.connections),
+        "-m",
+        str(H2_STREAMS),
+        "-D",
+        str(max(1, round(seconds))),
+        target.url(path),
+    ]
+    return procs.run("h2load", argv, cpu=LOAD_CPU, timeout_s=seconds + 60)
+
+
+def _milliseconds(text: str) -> float:
+    """h2load's durations: ``850us``, ``5.43ms``, ``1.2s``."""
+    for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text.removesuffix(unit)) * scale
+    raise ScenarioError(f"h2load duration {text!r}")
+
+
+def parse_h2load(out: str) -> dict[str, float]:
+    """h2load's summary: requests done and failed, status classes, req/s, mean latency."""
+    figures: dict[str, float] = {}
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("finished in"):  # finished in 10.00s, 12345.60 req/s, 1.2MB/s
+            figures["req_per_s"] = float(line.split(",")[1].split()[0])
+        elif line.startswith("requests:"):  # requests: N total, N started, N done, N succeeded...
+            words = line.replace(",", "").split()
+            figures["requests"] = float(words[words.index("succeeded") - 1])
+            figures["failed"] = float(words[words.index("failed") - 1])
+            figures["errored"] = float(words[words.index("errored") - 1])
+        elif line.startswith("status codes:"):  # status codes: N 2xx, N 3xx, N 4xx, N 5xx
+            words = line.replace(",", "").split()
+            figures["non_2xx"] = sum(float(words[i - 1]) for i, w in enumerate(words)
+                                     if w in ("4xx", "5xx"))  # fmt: skip
+        elif line.startswith("time for request:"):  # min max mean sd +/- sd
+            figures["mean_ms"] = _milliseconds(line.split()[5])
+    if "req_per_s" not in figures or "requests" not in figures:
+        raise ScenarioError(f"h2load printed no summary:\n{out[-2000:]}")
+    return figures
+
+
+def h2(procs: Processes, target: Running, scenario: Scenario, profile: Profile) -> Figures:
+    path = str(scenario.params["path"])
+    if profile.warmup_s > 0:
+        _h2load(procs, target, path, profile, profile.warmup_s)
+    cpu_before = _cpu(target)
+    h = parse_h2load(_h2load(procs, target, path, profile, profile.duration_s))
+    cpu_after = _cpu(target)
+    if h["requests"] == 0:
+        raise ScenarioError("no request completed")
+    if h["failed"] or h["errored"] or h["non_2xx"]:
+        raise ScenarioError(
+            f"{h['failed']:.0f} failed, {h['errored']:.0f} errored, {h['non_2xx']:.0f} non-2xx"
+            f" of {h['requests']:.0f} requests"
+        )
+    return {
+        "req_per_s": h["req_per_s"],
+        "mean_ms": h.get("mean_ms"),
+        "req_per_cpu_s": _per_cpu(h["requests"], cpu_before, cpu_after),
+        "requests": h["requests"],
+    }
 
 
 # --- WebSocket: the Node load client -----------------------------------------------------

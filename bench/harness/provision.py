@@ -47,10 +47,11 @@ def _sudo() -> list[str]:
 
 
 def apt_packages() -> None:
-    """nginx (nginx-light), wrk, curl, Node and npm from Debian when missing."""
+    """nginx (nginx-light), wrk, h2load, curl, Node and npm from Debian when missing."""
     wanted = {
         "nginx": ["nginx-light"],
         "wrk": ["wrk"],
+        "h2load": ["nghttp2-client"],
         "curl": ["curl"],
         "taskset": ["util-linux"],
         "openssl": ["openssl"],

@@ -21,7 +21,7 @@ class Metric:
 class Scenario:
     id: str
     title: str
-    kind: str  # http | ws-echo | ws-idle | stream
+    kind: str  # http | h2 | ws-echo | ws-idle | stream
     metrics: tuple[Metric, ...]
     tls: bool = False
     params: dict[str, object] = field(default_factory=dict)
@@ -53,6 +53,7 @@ class Profile:
 REQ_S = Metric("req_per_s", "throughput", "req/s", True)
 HTTP_P99 = Metric("p99_ms", "p99 latency", "ms", False, digits=2)
 HTTP_CPU = Metric("req_per_cpu_s", "proxy CPU efficiency", "req/CPU-s", True, proxy_only=True)
+H2_MEAN = Metric("mean_ms", "mean latency", "ms", False, digits=2)
 MSG_S = Metric("msgs_per_s", "throughput", "msg/s", True)
 WS_P50 = Metric("p50_ms", "p50 round trip", "ms", False, digits=3)
 WS_P99 = Metric("p99_ms", "p99 round trip", "ms", False, digits=3)
@@ -86,6 +87,17 @@ def all_scenarios() -> list[Scenario]:
             ("post-64k", "POST 64 KiB", "/64k", "POST", 64 * 1024),
         )
     ]
+    # h2load over HTTP/2 (TLS): only targets that speak it (gateway, nginx) run it.
+    h2 = [
+        Scenario(
+            "get-small-h2",
+            "GET 100 B over HTTP/2 (TLS)",
+            "h2",
+            (REQ_S, H2_MEAN, HTTP_CPU),
+            tls=True,
+            params={"path": "/small"},
+        )
+    ]
     ws = [
         Scenario(
             f"ws-echo-{n}",
@@ -107,4 +119,4 @@ def all_scenarios() -> list[Scenario]:
         )
         for direction in ("upload", "download")
     ]
-    return [*http, *ws, *idle, *stream]
+    return [*http, *h2, *ws, *idle, *stream]

@@ -73,6 +73,13 @@ class Target:
 
     name = ""
     is_proxy = True
+    # Serves HTTP/2 (the get-small-h2 scenario); ``http2`` is set for each start.
+    speaks_h2 = False
+    http2 = False
+
+    def variant(self, tls: bool) -> str:
+        """The configuration a start uses: plain, tls, or h2 (TLS with HTTP/2 on)."""
+        return "h2" if self.http2 else "tls" if tls else "plain"
 
     def argv(self, tls: bool) -> list[str]:
         raise NotImplementedError
@@ -97,7 +104,7 @@ class Target:
     def start(self, procs: Processes, tls: bool) -> Running:
         port = PROXY_TLS_PORT if tls else PROXY_PORT
         proc = procs.start(
-            f"{self.name}-{'tls' if tls else 'plain'}",
+            f"{self.name}-{self.variant(tls)}",
             self.argv(tls),
             cpu=PROXY_CPU,
             env=self.env(),
@@ -135,6 +142,7 @@ class Gateway(Target):
     """
 
     name = "gateway"
+    speaks_h2 = True  # listen.http2 (the http2 extra)
 
     def __init__(self, command: str = DEFAULT_GATEWAY_CMD, *, live: bool = False) -> None:
         self.command = command
@@ -165,12 +173,14 @@ class Gateway(Target):
     http_upstream = HTTP_UPSTREAM
 
     def config(self, tls: bool) -> Path:
-        path = WORK_DIR / f"{self.name}-{'tls' if tls else 'plain'}.toml"
+        path = WORK_DIR / f"{self.name}-{self.variant(tls)}.toml"
         tls_lines = (
             f'tls = true\ncertfile = "{CERT_FILE}"\nkeyfile = "{KEY_FILE}"'
             if tls
             else "tls = false"
         )
+        if self.http2:
+            tls_lines += "\nhttp2 = true"
         routes = "".join(
             f'[[routes]]\nprefix = "{prefix}"\nupstream = "{NODE_UPSTREAM}"\n\n'
             for prefix in NODE_PREFIXES
@@ -208,7 +218,7 @@ enabled = false
         return path
 
     def argv(self, tls: bool) -> list[str]:
-        config = WORK_DIR / f"{self.name}-{'tls' if tls else 'plain'}.toml"
+        config = WORK_DIR / f"{self.name}-{self.variant(tls)}.toml"
         words = shlex.split(self.command)
         if any("{config}" in w for w in words):
             return [w.replace("{config}", str(config)) for w in words]
@@ -238,6 +248,7 @@ class GatewayBare(Gateway):
     """``ReverseProxy`` alone under uvicorn: the gateway without its middleware stack."""
 
     name = "gateway-bare"
+    speaks_h2 = False  # stock uvicorn
 
     def argv(self, tls: bool) -> list[str]:
         argv = [
@@ -285,9 +296,13 @@ class Nginx(Target):
         # Two per proxied WebSocket session: the idle scenario sets it from its count.
         self.worker_connections = worker_connections
 
+    speaks_h2 = True
+
     def conf(self, tls: bool) -> Path:
-        path = WORK_DIR / "nginx-proxy" / f"nginx-{'tls' if tls else 'plain'}.conf"
+        path = WORK_DIR / "nginx-proxy" / f"nginx-{self.variant(tls)}.conf"
         listen = f"{HOST}:{PROXY_TLS_PORT} ssl" if tls else f"{HOST}:{PROXY_PORT}"
+        if self.http2:
+            listen += " http2"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             f"""{nginx_common("nginx-proxy")}
@@ -332,7 +347,7 @@ http {{
         return path
 
     def argv(self, tls: bool) -> list[str]:
-        return nginx_argv(WORK_DIR / "nginx-proxy" / f"nginx-{'tls' if tls else 'plain'}.conf")
+        return nginx_argv(WORK_DIR / "nginx-proxy" / f"nginx-{self.variant(tls)}.conf")
 
     def start(self, procs: Processes, tls: bool) -> Running:
         self.conf(tls)
