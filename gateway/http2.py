@@ -37,8 +37,6 @@ from gateway.refusals import refused
 
 __all__ = ["H2Limits", "Http2Server", "by_alpn", "require_hypercorn"]
 
-logger = logging.getLogger("gateway")
-
 H2 = "h2"
 
 
@@ -61,7 +59,6 @@ class H2Limits:
     keep_alive_s: float = 5.0
     # One Date and one Server per response (False: the backend's are passed instead).
     date_and_server: bool = True
-    access_log: bool = False
 
 
 class Http2Server:
@@ -134,7 +131,7 @@ def _config(base: type[Any], limits: H2Limits) -> Any:
     config.keep_alive_timeout = limits.keep_alive_s
     config.include_server_header = False
     config.include_date_header = limits.date_and_server
-    config.accesslog = logging.getLogger("gateway.access") if limits.access_log else None
+    config.accesslog = None  # the gateway's own access log (log.access_log) covers streams
     config.errorlog = logging.getLogger("gateway.http2")
     return config
 

@@ -34,7 +34,7 @@ Metric names (namespace ``gateway``)::
     gateway_upstream_pool_waiting_requests{upstream}      gauge
     gateway_edge_refusals_total{reason}                   counter, process-wide: bad_host,
         bad_version, no_version, bad_framing, malformed, request_trailer, plain_http,
-        tls_handshake, unknown_sni, invalid_websocket_data
+        tls_handshake, unknown_sni, invalid_websocket_data, http2_error
     gateway_certificate_expiry_days{host}                 gauge, days until the certificate
         served for host ends ("(default)": the default one)
     gateway_certificate_renewal_failures{host}            gauge, ACME orders failed in a row

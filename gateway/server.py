@@ -255,7 +255,6 @@ def uvicorn_config(
             max_requests=settings.http2.max_requests_per_connection,
             keep_alive_s=settings.http2.idle_timeout_s,
             date_and_server=not settings.forwarding.pass_date_server,
-            access_log=access_log,
         )
     if pair is not None:
         config.certificates = certificates or certificate_store(settings, pair)

@@ -41,10 +41,12 @@ CHROMIUM_ARGS = [
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture
-def demo(tmp_path: Path) -> Iterator[int]:
-    """``gateway demo`` as a real process on free ports; yields the https port."""
+@pytest.fixture(params=["http1", "http2"])
+def demo(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[int]:
+    """``gateway demo`` as a real process on free ports, with listen.http2 off and on;
+    yields the https port."""
     port, backend_port = free_port(), free_port()
+    http2 = {"GATEWAY_LISTEN__HTTP2": "true"} if request.param == "http2" else {}
     log = tmp_path / "demo.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -54,6 +56,7 @@ def demo(tmp_path: Path) -> Iterator[int]:
                 **os.environ,
                 "GATEWAY_STATE_DIR": str(tmp_path / "state"),
                 "GATEWAY_ADMIN__PORT": "0",
+                **http2,
             },
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -71,7 +74,9 @@ def demo(tmp_path: Path) -> Iterator[int]:
         assert process.wait(timeout=20) == 0
 
 
-def test_demo_page_echoes_text_and_binary_over_wss(demo: int, tmp_path: Path) -> None:
+def test_demo_page_echoes_text_and_binary_over_wss(
+    demo: int, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
@@ -80,6 +85,9 @@ def test_demo_page_echoes_text_and_binary_over_wss(demo: int, tmp_path: Path) ->
             context = browser.new_context(ignore_https_errors=True)
             page = context.new_page()
             page.goto(f"https://localhost:{demo}/")
+            protocol = page.evaluate(
+                "performance.getEntriesByType('navigation')[0].nextHopProtocol"
+            )
             expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=10000)
             # The page chose wss:// from location.protocol, not a hard-coded ws://.
             expect(page.locator("#url")).to_have_text(f"wss://localhost:{demo}/ws")
@@ -99,3 +107,15 @@ def test_demo_page_echoes_text_and_binary_over_wss(demo: int, tmp_path: Path) ->
         finally:
             browser.close()
     assert (tmp_path / "demo.png").stat().st_size > 1000
+    # The page over HTTP/2 where it is on; which protocol carried the WebSocket is in the
+    # gateway's session line (http=2: RFC 8441 on the page's connection).
+    assert protocol == ("h2" if "http2" in request.node.callspec.id else "http/1.1")
+    log = tmp_path / "demo.log"
+    deadline = time.monotonic() + 10  # the session line comes when the browser closed it
+    while "websocket session" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [session] = [line for line in log.read_text().splitlines() if "websocket session" in line]
+    websocket_over = session.split(" http=")[1].split()[0]
+    print(f"\nbrowser: page over {protocol}, WebSocket over HTTP/{websocket_over}")
+    if protocol == "http/1.1":
+        assert websocket_over == "1.1"

@@ -703,7 +703,7 @@ class _Session:
         stats = self.stats
         # The path only: query strings often carry tokens.
         where = f"client={client[0]}:{client[1]}" if client else "client=-"
-        where += f" path={self.scope.get('path', '')}"
+        where += f" path={self.scope.get('path', '')} http={self.scope.get('http_version', '1.1')}"
         if stats.status is not None:
             logger.info(
                 "websocket refused %s status=%d duration=%.3fs detail=%s",
