@@ -510,3 +510,37 @@ async def test_a_client_that_never_opens_its_window_is_cut_off(
     ]
     assert ended, events
     assert backend.bytes_sent < 50_000_000
+
+
+async def test_h2c_is_never_served(
+    h2_gateway: str, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    """No cleartext-style HTTP/2 on a connection that did not choose h2 by ALPN: the
+    prior-knowledge preface gets an HTTP/1.1 error, ``Upgrade: h2c`` is not performed."""
+    port = port_of(h2_gateway)
+
+    def preface_over_http11() -> bytes:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(cadata=_ca_pem(client_ssl))
+        context.set_alpn_protocols(["http/1.1"])
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            return tls.recv(4096)
+
+    answer = await asyncio.to_thread(preface_over_http11)
+    assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 505")), answer
+    async with httpx.AsyncClient(http2=False, verify=client_ssl) as client:
+        upgraded = await client.get(
+            f"https://localhost:{port}/echo",
+            headers={
+                "connection": "Upgrade, HTTP2-Settings",
+                "upgrade": "h2c",
+                "http2-settings": "AAMAAABkAARAAAAAAAIAAAAA",
+            },
+        )
+    assert (upgraded.status_code, upgraded.http_version) == (200, "HTTP/1.1")
+    names = {name for name, _ in upgraded.json()["headers"]}
+    assert not names & {"upgrade", "http2-settings"}
