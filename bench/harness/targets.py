@@ -244,6 +244,17 @@ balance = "round_robin"
 """
 
 
+class GatewayBridge(Gateway):
+    """The gateway with its WebSocket frame relay off: every message through the bridge
+    (parsed, checked, framed again), as before the relay; the relay's gain in one run."""
+
+    name = "gateway-bridge"
+    extra = """
+[websocket]
+relay = false
+"""
+
+
 class GatewayBare(Gateway):
     """``ReverseProxy`` alone under uvicorn: the gateway without its middleware stack."""
 
@@ -399,7 +410,7 @@ class FastapiProxyLib(UvicornPeer):
 
 ALL_TARGETS = ("direct", "gateway", "nginx", "asgiproxy", "fastapi-proxy-lib")
 # Not in the default run: the cost of the middleware stack and of an upstream pool.
-EXTRA_TARGETS = ("gateway-bare", "gateway-pool")
+EXTRA_TARGETS = ("gateway-bare", "gateway-pool", "gateway-bridge")
 
 
 def make_targets(
@@ -413,6 +424,7 @@ def make_targets(
         "fastapi-proxy-lib": FastapiProxyLib(),
         "gateway-bare": GatewayBare(gateway_cmd, live=gateway_live),
         "gateway-pool": GatewayPool(gateway_cmd, live=gateway_live),
+        "gateway-bridge": GatewayBridge(gateway_cmd, live=gateway_live),
     }
     return [table[n] for n in names]
 
