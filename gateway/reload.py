@@ -75,6 +75,8 @@ class Reloader:
             logger.warning("reload: [listen] changes take effect after a restart")
         if settings.acme != self.settings.acme:
             logger.warning("reload: [acme] changes take effect after a restart")
+        if settings.http2 != self.settings.http2:
+            logger.warning("reload: [http2] changes take effect after a restart")
         for store in self.stores():
             install_certificates(store, settings)
         for key in _LISTENER_TIMEOUTS:

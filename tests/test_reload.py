@@ -256,3 +256,19 @@ async def test_reload_says_which_timeouts_need_a_restart(caplog: pytest.LogCaptu
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == ["reload: timeouts.tls_handshake_s takes effect after a restart"]
     assert reloader.settings is new
+
+
+async def test_reload_says_listener_sections_need_a_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # HTTP/2 (on or off, and its bounds) and ACME are set up when the listener starts.
+    old = Settings()
+    new = Settings(listen={"http2": True}, http2={"max_concurrent_streams": 10})
+    reloader = Reloader(lambda: new, "test.toml", old, None)
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        assert await reloader.reload()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "reload: [listen] changes take effect after a restart",
+        "reload: [http2] changes take effect after a restart",
+    ]
