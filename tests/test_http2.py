@@ -186,60 +186,73 @@ def websocket_frame(opcode: int, payload: bytes) -> bytes:
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + key + masked
 
 
+def websocket_over_h2(
+    port: int, client_ssl: ssl.SSLContext, origin: str
+) -> tuple[bool, int, bytes]:
+    """An RFC 8441 session: (CONNECT protocol announced, status, bytes echoed back)."""
+    with h2_socket(port, client_ssl) as tls:
+        conn = client_connection()
+        tls.sendall(conn.data_to_send())
+        read_events(tls, conn, settings_received)
+        enabled = conn.remote_settings.get(h2_settings.SettingCodes.ENABLE_CONNECT_PROTOCOL)
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(
+            stream,
+            [
+                (b":method", b"CONNECT"),
+                (b":protocol", b"websocket"),
+                (b":scheme", b"https"),
+                (b":authority", f"localhost:{port}".encode()),
+                (b":path", b"/ws"),
+                (b"sec-websocket-version", b"13"),
+                (b"origin", origin.encode()),
+            ],
+        )
+        tls.sendall(conn.data_to_send())
+        events = read_events(
+            tls, conn, lambda ev: any(isinstance(e, h2_events.ResponseReceived) for e in ev)
+        )
+        [status] = [
+            int(dict(e.headers)[b":status"])
+            for e in events
+            if isinstance(e, h2_events.ResponseReceived)
+        ]
+        if status != 200:
+            return bool(enabled), status, b""
+        conn.send_data(stream, websocket_frame(0x1, b"hello over h2"))
+        tls.sendall(conn.data_to_send())
+
+        def echoed(events: list[Any]) -> bool:
+            return b"hello over h2" in received(events)
+
+        def received(events: list[Any]) -> bytes:
+            return b"".join(e.data for e in events if isinstance(e, h2_events.DataReceived))
+
+        return bool(enabled), status, received(read_events(tls, conn, echoed))
+
+
 async def test_websocket_over_h2_rfc8441(
     gateway_factory: GatewayFactory, client_ssl: ssl.SSLContext
 ) -> None:
     async with ws_backend() as backend, gateway_factory(backend.url, **HTTP2) as url:
-        port = port_of(url)
-
-        def session() -> tuple[bool, int, bytes]:
-            with h2_socket(port, client_ssl) as tls:
-                conn = client_connection()
-                tls.sendall(conn.data_to_send())
-                read_events(tls, conn, settings_received)
-                enabled = conn.remote_settings.get(h2_settings.SettingCodes.ENABLE_CONNECT_PROTOCOL)
-                stream = conn.get_next_available_stream_id()
-                conn.send_headers(
-                    stream,
-                    [
-                        (b":method", b"CONNECT"),
-                        (b":protocol", b"websocket"),
-                        (b":scheme", b"https"),
-                        (b":authority", f"localhost:{port}".encode()),
-                        (b":path", b"/ws"),
-                        (b"sec-websocket-version", b"13"),
-                        (b"origin", f"https://localhost:{port}".encode()),
-                    ],
-                )
-                tls.sendall(conn.data_to_send())
-                events = read_events(
-                    tls, conn, lambda ev: any(isinstance(e, h2_events.ResponseReceived) for e in ev)
-                )
-                status = next(
-                    int(dict(e.headers)[b":status"])
-                    for e in events
-                    if isinstance(e, h2_events.ResponseReceived)
-                )
-                conn.send_data(stream, websocket_frame(0x1, b"hello over h2"))
-                tls.sendall(conn.data_to_send())
-                received = b""
-
-                def echoed(ev: list[Any]) -> bool:
-                    nonlocal received
-                    for e in ev[len(ev) - 1 :] if ev else []:
-                        if isinstance(e, h2_events.DataReceived):
-                            received += e.data
-                            conn.acknowledge_received_data(e.flow_controlled_length, stream)
-                    return b"hello over h2" in received
-
-                read_events(tls, conn, echoed)
-                return bool(enabled), status, received
-
-        enabled, status, received = await asyncio.to_thread(session)
+        enabled, status, received = await asyncio.to_thread(
+            websocket_over_h2, port_of(url), client_ssl, f"https://localhost:{port_of(url)}"
+        )
     assert enabled  # SETTINGS_ENABLE_CONNECT_PROTOCOL announced
     assert status == 200
     assert received[:2] == bytes([0x81, len(b"hello over h2")])  # an unmasked text frame
     assert received[2:] == b"hello over h2"
+
+
+async def test_websocket_over_h2_keeps_the_origin_check(
+    gateway_factory: GatewayFactory, client_ssl: ssl.SSLContext
+) -> None:
+    sections = {"listen": {"http2": True}}  # origin.allow: same-origin, the default
+    async with ws_backend() as backend, gateway_factory(backend.url, **sections) as url:
+        _, status, _ = await asyncio.to_thread(
+            websocket_over_h2, port_of(url), client_ssl, "https://evil.example"
+        )
+    assert status == 403
 
 
 async def test_rapid_reset_burst_ends_the_connection_and_others_are_served(
