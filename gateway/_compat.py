@@ -226,9 +226,37 @@ class _ResettingH2:
 def _resetting(base: type[Any]) -> type[Any]:
     from h2.errors import ErrorCodes
     from h2.exceptions import ProtocolError
+    from hypercorn.events import Closed
     from hypercorn.protocol.events import StreamClosed
+    from hyperframe.frame import GoAwayFrame
 
     class ResettingH2Protocol(base, _ResettingH2):  # type: ignore[misc]
+        # Requests per connection: hypercorn's own limit closes h2's state machine with
+        # its GOAWAY, so the streams still in flight never get their responses (h2load:
+        # one failed request per connection and limit). Here the GOAWAY is graceful: new
+        # streams are refused (REFUSED_STREAM, which clients retry), the open ones end,
+        # then the connection closes. ``gateway_max_requests`` is set by gateway.http2.
+        _draining = False
+        _last_taken = 0  # the last stream taken, once draining; 0: GOAWAY sent already
+
+        async def _create_stream(self, request: Any) -> None:
+            if self._draining:
+                self.connection.reset_stream(request.stream_id, ErrorCodes.REFUSED_STREAM)
+                return
+            await super()._create_stream(request)
+            limit = getattr(self.config, "gateway_max_requests", None)
+            if limit is not None and self.keep_alive_requests >= limit:
+                self._draining = True
+                self._last_taken = request.stream_id
+
+        async def _handle_events(self, events: list[Any]) -> None:
+            await super()._handle_events(events)
+            if self._last_taken:  # after the refusals of this read: GOAWAY, state kept open
+                goaway = GoAwayFrame(stream_id=0, last_stream_id=self._last_taken)
+                self._last_taken = 0
+                self.connection._prepare_for_sending([goaway])
+                await self._flush()
+
         async def stream_send(self, event: Any) -> None:
             if isinstance(event, StreamClosed) and not self.closed:
                 buffer = self.stream_buffers.get(event.stream_id)
@@ -240,6 +268,10 @@ def _resetting(base: type[Any]) -> type[Any]:
                     else:
                         await self._flush()
             await super().stream_send(event)
+            if self._draining and not self.closed and not self.streams:
+                self.connection.close_connection(last_stream_id=event.stream_id)
+                await self._flush()
+                await self.send(Closed())
 
     return ResettingH2Protocol
 
@@ -282,8 +314,15 @@ def hypercorn_reliances() -> tuple[Reliance, ...]:
         Reliance(h2_protocol.StreamBuffer, "_is_empty", "gateway._compat", instance=True),
         Reliance(h2_protocol, "BUFFER_LOW_WATER", "gateway._compat", setting=True),
         Reliance(h2_protocol.StreamBuffer, "_complete", "gateway._compat", instance=True),
-        # H2Protocol.stream_send, extended to reset a stream whose response did not end.
+        # H2Protocol.stream_send, extended to reset a stream whose response did not end,
+        # and _create_stream, for a graceful GOAWAY after the requests per connection.
         Reliance(h2_protocol.H2Protocol, "stream_send", "gateway._compat", ("event",)),
+        Reliance(h2_protocol.H2Protocol, "_create_stream", "gateway._compat", ("request",)),
+        Reliance(h2_protocol.H2Protocol, "_handle_events", "gateway._compat", ("events",)),
+        Reliance(h2_protocol.H2Protocol, "keep_alive_requests", "gateway._compat", instance=True),
+        Reliance(h2_protocol.H2Protocol, "streams", "gateway._compat", instance=True),
+        Reliance(h2_protocol.H2Protocol, "send", "gateway._compat", instance=True),
+        Reliance(h2_protocol.H2Protocol, "config", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "_flush", "gateway._compat", ()),
         Reliance(h2_protocol.H2Protocol, "closed", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "connection", "gateway._compat", instance=True),

@@ -127,7 +127,9 @@ def _config(base: type[Any], limits: H2Limits) -> Any:
     config.h2_max_concurrent_streams = limits.max_concurrent_streams
     config.h2_max_header_list_size = limits.max_header_list_bytes
     config.h2_max_inbound_frame_size = limits.max_frame_bytes
-    config.keep_alive_max_requests = limits.max_requests
+    # hypercorn's own limit ends streams in flight: gateway._compat's GOAWAY is graceful.
+    config.keep_alive_max_requests = 2**62
+    config.gateway_max_requests = limits.max_requests
     config.keep_alive_timeout = limits.keep_alive_s
     config.include_server_header = False
     config.include_date_header = limits.date_and_server

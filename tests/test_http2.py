@@ -413,6 +413,8 @@ async def test_gateway_run_serves_h2_reloads_and_drains(
         assert shown.stdout == "2 200", shown
         loaded = await asyncio.to_thread(
             subprocess.run,
+            # 500 requests per connection: max_requests_per_connection, reached by none
+            # (h2load does not reconnect after a GOAWAY).
             [h2load, "-n", "2000", "-c", "4", "-m", "10", f"{url}/echo"],
             capture_output=True,
             text=True,
@@ -557,3 +559,31 @@ async def test_h2c_is_never_served(
     assert (upgraded.status_code, upgraded.http_version) == (200, "HTTP/1.1")
     names = {name for name, _ in upgraded.json()["headers"]}
     assert not names & {"upgrade", "http2-settings"}
+
+
+async def test_requests_per_connection_end_with_a_graceful_goaway(
+    gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext, tmp_path: Path
+) -> None:
+    """After max_requests_per_connection streams the streams in flight still get their
+    responses and later ones are refused (REFUSED_STREAM: never processed, safe to retry);
+    hypercorn's own limit lost the streams in flight (h2load: a failure per connection).
+    nghttp (nghttp2's client) sends three requests at once on one connection; the h2
+    library's client cannot receive frames after a GOAWAY."""
+    nghttp = require_command("nghttp")
+    ca = tmp_path / "ca.pem"
+    ca.write_text(_ca_pem(client_ssl))
+    sections = {**HTTP2, "http2": {"max_requests_per_connection": 2}}
+    async with gateway_factory(f"http://127.0.0.1:{backend.port}", **sections) as url:
+        shown = await asyncio.to_thread(
+            subprocess.run,
+            [nghttp, "-nv", "-m", "3", f"{url}/slow/0.3"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "SSL_CERT_FILE": str(ca)},
+        )
+    out = shown.stdout + shown.stderr
+    assert out.count(":status: 200") == 2, out  # both in flight: answered
+    assert "error_code=REFUSED_STREAM" in out, out
+    assert "total=3, processed=2" in out, out
+    assert len(backend.requests) == 2
