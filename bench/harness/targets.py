@@ -179,8 +179,12 @@ class Gateway(Target):
             if tls
             else "tls = false"
         )
+        http2 = ""
         if self.http2:
             tls_lines += "\nhttp2 = true"
+            # h2load does not reconnect after a GOAWAY: the most requests per connection
+            # (nginx's keepalive_requests is 1000), so that no run reaches the limit.
+            http2 = "\n[http2]\nmax_requests_per_connection = 900\n"
         routes = "".join(
             f'[[routes]]\nprefix = "{prefix}"\nupstream = "{NODE_UPSTREAM}"\n\n'
             for prefix in NODE_PREFIXES
@@ -213,7 +217,7 @@ level = "warning"
 
 [admin]
 enabled = false
-{self.extra}"""
+{http2}{self.extra}"""
         )
         return path
 
