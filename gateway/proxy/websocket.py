@@ -57,7 +57,7 @@ from gateway.proxy.websocket_backend import (
     open_backend_leg,
     open_raw_leg,
 )
-from gateway.proxy.websocket_relay import Relay, close_frame, relay_extension
+from gateway.proxy.websocket_relay import Relay, RelayStats, close_frame, relay_extension
 from gateway.proxy.websocket_rules import (
     TEXT_PLAIN,
     BackendFailure,
@@ -295,17 +295,11 @@ async def _upgrade_required(send: Send) -> None:
 
 
 @dataclass(slots=True)
-class _Stats:
-    """What the session log line reports."""
+class _Stats(RelayStats):
+    """What the session log line reports: a relayed session's figures (the relay writes
+    them here itself), and the status of a refused handshake."""
 
-    messages_up: int = 0
-    bytes_up: int = 0
-    messages_down: int = 0
-    bytes_down: int = 0
-    client_code: int | None = None
-    backend_code: int | None = None
     status: int | None = None
-    detail: str = ""
 
 
 class _Session:
@@ -441,6 +435,7 @@ class _Session:
             ping_timeout_s=proxy.ping_timeout_s,
             close_timeout_s=proxy.close_timeout_s,
             send_timeout_s=relay_extension(self.scope, "send_timeout_s"),
+            stats=self.stats,
         )
 
         accept: dict[str, Any] = {
@@ -474,12 +469,7 @@ class _Session:
             raise
         finally:
             proxy.watchdog.unwatch(self)
-            figures = relay.stats
             stats = self.stats
-            stats.messages_up, stats.bytes_up = figures.messages_up, figures.bytes_up
-            stats.messages_down, stats.bytes_down = figures.messages_down, figures.bytes_down
-            stats.client_code, stats.backend_code = figures.client_code, figures.backend_code
-            stats.detail = figures.detail
             if observer is not None:
                 observer.websocket_closed(
                     stats.messages_up, stats.bytes_up, stats.messages_down, stats.bytes_down

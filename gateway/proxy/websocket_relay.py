@@ -378,14 +378,16 @@ class Relay:
         ping_timeout_s: float | None,
         close_timeout_s: float,
         send_timeout_s: float | None = None,
+        stats: RelayStats | None = None,
     ) -> None:
+        """``stats``: where the session's figures go (the caller's, to log them)."""
         self.max_message_bytes = max_message_bytes
         self.idle_timeout_s = idle_timeout_s
         self.ping_interval_s = ping_interval_s
         self.ping_timeout_s = ping_timeout_s
         self.close_timeout_s = close_timeout_s
         self.send_timeout_s = send_timeout_s
-        self.stats = RelayStats()
+        self.stats = stats if stats is not None else RelayStats()
         self._loop = asyncio.get_running_loop()
         self.now: Callable[[], float] = self._loop.time
         self.last_activity = self.now()
