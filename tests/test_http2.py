@@ -587,3 +587,33 @@ async def test_requests_per_connection_end_with_a_graceful_goaway(
     assert "error_code=REFUSED_STREAM" in out, out
     assert "total=3, processed=2" in out, out
     assert len(backend.requests) == 2
+
+
+async def test_many_h2_connections_and_reloads_leave_nothing_behind(
+    tmp_path: Path, cert_pair: CertificatePair, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    """Users reconnect and operators reload, again and again: after 50 HTTP/2 connections
+    and 10 SIGHUP reloads the gateway holds the file descriptors it held before."""
+    port = free_port()
+    config, pid_file = tmp_path / "gateway.toml", tmp_path / "gateway.pid"
+    config.write_text(run_toml(port, cert_pair, backend.port, "0"))
+    args = [sys.executable, "-m", "gateway", "run", "-c", str(config), "--pid-file", str(pid_file)]
+    url = f"https://localhost:{port}/echo"
+
+    def fds(pid: int) -> int:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    async with gateway_process(args, port, {"GATEWAY_STATE_DIR": str(tmp_path)}) as process:
+        async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+            assert (await client.get(url)).http_version == "HTTP/2"  # warm: backend pool
+        before = fds(process.pid)
+        for round_ in range(10):
+            for _ in range(5):
+                async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+                    assert (await client.get(url)).status_code == 200
+            config.write_text(run_toml(port, cert_pair, backend.port, str(round_ + 1)))
+            await reload_and_wait(process.pid, pid_file)
+        async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+            last = await client.get(url)
+        await eventually(lambda: fds(process.pid) <= before + 2, 10)
+    assert last.headers["x-config"] == "10"
