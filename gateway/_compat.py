@@ -187,8 +187,8 @@ class HypercornParts:
 def hypercorn_parts() -> HypercornParts:
     """hypercorn's classes; ImportError when the ``http2`` extra is not installed.
 
-    Two defects of hypercorn's HTTP/2 protocol (0.17-0.18) are mended here, each found
-    by a test in tests/test_http2.py:
+    Defects of hypercorn's HTTP/2 protocol (0.17-0.18) mended here, each found by a test
+    in tests/test_http2.py:
 
     - the per-stream send buffer is not bounded: ``StreamBuffer.pop`` releases a waiting
       writer when the bytes *popped* are few, so a client that never opens its
@@ -197,7 +197,16 @@ def hypercorn_parts() -> HypercornParts:
       *left* are few, the writer waits (and ``timeouts.send_s`` ends the stream);
     - an app that ends before its response does (a timeout cut it) leaves the stream
       open for ever: no END_STREAM, no RST_STREAM. It is reset (INTERNAL_ERROR) here,
-      as HTTP/1.1 closes the connection.
+      as HTTP/1.1 closes the connection;
+    - its GOAWAY after the requests per connection loses the streams in flight;
+    - a stream whose client went away before its response waits for ever for its body
+      to drain (one task per disconnect, until shutdown);
+    - the configured frame size is never announced and neither it nor the header list
+      size is enforced (h2's defaults are);
+    - a stream over the concurrency limit ends the whole connection (RFC 9113 5.1.2: a
+      stream error), and data in the same read for a stream it refused raised KeyError;
+    - control frames are answered without bound and PRIORITY frames for streams never
+      opened fill its priority tree (``gateway.http2_rules`` for both).
     """
     import hypercorn.protocol as protocol
     import hypercorn.protocol.h2 as h2_protocol
@@ -224,38 +233,99 @@ class _ResettingH2:
 
 
 def _resetting(base: type[Any]) -> type[Any]:
+    import time
+
     from h2.errors import ErrorCodes
     from h2.exceptions import ProtocolError
+    from h2.settings import SettingCodes, Settings
     from hypercorn.events import Closed
     from hypercorn.protocol.events import StreamClosed
     from hyperframe.frame import GoAwayFrame
+
+    from gateway.http2_rules import FrameBudget, StreamWindow, screen
+    from gateway.refusals import refused
 
     class ResettingH2Protocol(base, _ResettingH2):  # type: ignore[misc]
         # Requests per connection: hypercorn's own limit closes h2's state machine with
         # its GOAWAY, so the streams still in flight never get their responses (h2load:
         # one failed request per connection and limit). Here the GOAWAY is graceful: new
         # streams are refused (REFUSED_STREAM, which clients retry), the open ones end,
-        # then the connection closes. ``gateway_max_requests`` is set by gateway.http2.
+        # then the connection closes. ``gateway_max_requests`` and
+        # ``gateway_control_frames_per_s`` are set by gateway.http2; what is taken,
+        # refused and counted is decided by gateway.http2_rules.screen.
         _draining = False
-        _last_taken = 0  # the last stream taken, once draining; 0: GOAWAY sent already
+        _budget: FrameBudget | None = None
 
-        async def _create_stream(self, request: Any) -> None:
-            if self._draining:
-                self.connection.reset_stream(request.stream_id, ErrorCodes.REFUSED_STREAM)
-                return
-            await super()._create_stream(request)
-            limit = getattr(self.config, "gateway_max_requests", None)
-            if limit is not None and self.keep_alive_requests >= limit:
-                self._draining = True
-                self._last_taken = request.stream_id
+        async def initiate(
+            self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
+        ) -> None:
+            # hypercorn announces its frame size nowhere and leaves h2 enforcing its own
+            # defaults (16 KiB frames, 64 KiB header lists) whatever was configured: here
+            # the announced bounds are the enforced ones.
+            announced = {
+                SettingCodes.MAX_CONCURRENT_STREAMS: self.config.h2_max_concurrent_streams,
+                SettingCodes.MAX_HEADER_LIST_SIZE: self.config.h2_max_header_list_size,
+                SettingCodes.MAX_FRAME_SIZE: self.config.h2_max_inbound_frame_size,
+                SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
+            }
+            connection = self.connection
+            connection.local_settings = Settings(client=False, initial_values=announced)
+            connection.max_inbound_frame_size = self.config.h2_max_inbound_frame_size
+            connection.decoder.max_header_list_size = self.config.h2_max_header_list_size
+            await super().initiate(headers, settings)
+            # Streams over the announced limit are refused one by one (screen), a stream
+            # error as RFC 9113 5.1.2 asks; h2 itself would end the connection, so its own
+            # check is left for clients that ignore the limit by as much again.
+            announced[SettingCodes.MAX_CONCURRENT_STREAMS] *= 2
+            connection.local_settings = Settings(client=False, initial_values=announced)
 
         async def _handle_events(self, events: list[Any]) -> None:
-            await super()._handle_events(events)
-            if self._last_taken:  # after the refusals of this read: GOAWAY, state kept open
-                goaway = GoAwayFrame(stream_id=0, last_stream_id=self._last_taken)
-                self._last_taken = 0
+            config = self.config
+            screened = screen(
+                events,
+                StreamWindow(
+                    open_streams=len(self.streams),
+                    max_streams=config.h2_max_concurrent_streams,
+                    taken=self.keep_alive_requests,
+                    max_requests=getattr(config, "gateway_max_requests", 2**62),
+                    draining=self._draining,
+                ),
+            )
+            if self._budget is None:
+                per_s = getattr(config, "gateway_control_frames_per_s", 2**62)
+                self._budget = FrameBudget(per_s, time.monotonic())
+            if not self._budget.spend(screened.overhead, time.monotonic()):
+                client = self.client[0] if self.client else None
+                refused(
+                    "http2_flood",
+                    client,
+                    "HTTP/2 connection from %s ended: more control frames than "
+                    "http2.max_control_frames_per_s (GOAWAY ENHANCE_YOUR_CALM)",
+                    client,
+                )
+                self.connection.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+                await self._flush()
+                await self.handle(Closed())  # the streams end now, not after the TLS close
+                await self.send(Closed())
+                return
+            for stream_id in screened.refused:
+                self.connection.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            for stream_id, length in screened.unread:
+                self.connection.acknowledge_received_data(length, stream_id)
+            await super()._handle_events(screened.events)
+            if screened.last_taken:  # after this read's refusals: GOAWAY, state kept open
+                self._draining = True
+                goaway = GoAwayFrame(stream_id=0, last_stream_id=screened.last_taken)
                 self.connection._prepare_for_sending([goaway])
                 await self._flush()
+
+        async def handle(self, event: Any) -> None:
+            await super().handle(event)
+            if isinstance(event, Closed):
+                # A stream waiting for its body to drain would wait for ever: the send
+                # task that drains it ended with the connection.
+                for buffer in list(self.stream_buffers.values()):
+                    await buffer.close()
 
         async def stream_send(self, event: Any) -> None:
             if isinstance(event, StreamClosed) and not self.closed:
@@ -306,6 +376,7 @@ def hypercorn_reliances() -> tuple[Reliance, ...]:
             ("app", "loop", "config", "context", "state", "reader", "writer"),
         ),
         Reliance(parts.tcp_server, "run", why, ()),
+        Reliance(parts.tcp_server, "_initiate_server_close", why + " ends streams at shutdown", ()),
         # The stream buffer's pop, replaced to bound it (see hypercorn_parts).
         Reliance(h2_protocol.StreamBuffer, "pop", "gateway._compat bounds it", ("max_length",)),
         Reliance(h2_protocol.StreamBuffer, "push", "gateway._compat", ("data",)),
@@ -314,16 +385,19 @@ def hypercorn_reliances() -> tuple[Reliance, ...]:
         Reliance(h2_protocol.StreamBuffer, "_is_empty", "gateway._compat", instance=True),
         Reliance(h2_protocol, "BUFFER_LOW_WATER", "gateway._compat", setting=True),
         Reliance(h2_protocol.StreamBuffer, "_complete", "gateway._compat", instance=True),
+        Reliance(h2_protocol.StreamBuffer, "close", "gateway._compat", ()),
         # H2Protocol.stream_send, extended to reset a stream whose response did not end,
         # and _create_stream, for a graceful GOAWAY after the requests per connection.
         Reliance(h2_protocol.H2Protocol, "stream_send", "gateway._compat", ("event",)),
-        Reliance(h2_protocol.H2Protocol, "_create_stream", "gateway._compat", ("request",)),
+        Reliance(h2_protocol.H2Protocol, "initiate", "gateway._compat", ("headers", "settings")),
+        Reliance(h2_protocol.H2Protocol, "client", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "_handle_events", "gateway._compat", ("events",)),
         Reliance(h2_protocol.H2Protocol, "keep_alive_requests", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "streams", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "send", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "config", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "_flush", "gateway._compat", ()),
+        Reliance(h2_protocol.H2Protocol, "handle", "gateway._compat", ("event",)),
         Reliance(h2_protocol.H2Protocol, "closed", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "connection", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "stream_buffers", "gateway._compat", instance=True),

@@ -15,17 +15,18 @@ than ``trailers``).  WebSocket over HTTP/2 (RFC 8441, extended CONNECT, announce
 bridged like one over HTTP/1.1.  Cleartext HTTP/2 (h2c, by upgrade or prior knowledge)
 is never served: only a TLS handshake can choose ``h2``.
 
-Bounds (``settings.Http2Settings``): concurrent streams per connection, header list
-size (``limits.max_header_bytes``), frame size, requests per connection (after which
-the connection ends with GOAWAY - what bounds a rapid-reset burst), idle connections
-(keep-alive timeout).  SETTINGS and PING frames are answered by h2 into the same write
-buffer as responses; a client that does not read stops being read.
+Bounds (``settings.Http2Settings``): concurrent streams per connection (one more is
+refused with REFUSED_STREAM), header list size (``limits.max_header_bytes``), frame
+size, requests per connection (after which the connection ends with a graceful GOAWAY),
+control frames per second (PING, SETTINGS, RST_STREAM, PRIORITY, empty DATA: past it
+GOAWAY ENHANCE_YOUR_CALM - floods and rapid reset), idle connections (keep-alive
+timeout); the decisions are ``gateway.http2_rules``.  Answers to SETTINGS and PING go
+into the same write buffer as responses; a client that does not read stops being read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -33,11 +34,16 @@ from typing import Any, cast
 
 from gateway._compat import HypercornParts, hypercorn_parts
 from gateway.errors import MissingExtra
+from gateway.logs import get_logger
 from gateway.refusals import refused
 
 __all__ = ["H2Limits", "Http2Server", "by_alpn", "require_hypercorn"]
 
 H2 = "h2"
+_CANCELS = 5  # times a connection is cancelled at shutdown, _CANCEL_WAIT_S apart
+_CANCEL_WAIT_S = 1.0
+
+logger = get_logger("gateway.http2")
 
 
 def require_hypercorn() -> HypercornParts:
@@ -57,6 +63,7 @@ class H2Limits:
     max_frame_bytes: int = 16384
     max_requests: int = 500
     keep_alive_s: float = 5.0
+    max_control_frames_per_s: int = 200
     # One Date and one Server per response (False: the backend's are passed instead).
     date_and_server: bool = True
 
@@ -71,7 +78,7 @@ class Http2Server:
         self.state = state
         self.config = _config(self.parts.config, limits)
         self.context = self.parts.worker_context(None)
-        self.connections: set[asyncio.Task[None]] = set()
+        self.connections: dict[asyncio.Task[None], Any] = {}  # task -> hypercorn's TCPServer
 
     def serve(self, transport: asyncio.Transport) -> None:
         """Take ``transport`` (TLS, ``h2`` negotiated) over and serve it."""
@@ -86,8 +93,8 @@ class Http2Server:
         )
         peer = transport.get_extra_info("peername")
         task = loop.create_task(_run(server.run(), peer[0] if peer else None), name="HTTP/2")
-        self.connections.add(task)
-        task.add_done_callback(self.connections.discard)
+        self.connections[task] = server
+        task.add_done_callback(self.connections.pop)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop taking streams (GOAWAY to idle connections, new streams refused), let the
@@ -96,11 +103,21 @@ class Http2Server:
         if not self.connections:
             return
         _, pending = await asyncio.wait(set(self.connections), timeout=grace_s)
+        # Closed as hypercorn closes an idle connection: its streams' apps are told the
+        # client is gone (the proxy lets the backend go) and end on their own.
         for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await self.connections[task]._initiate_server_close()
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=_CANCEL_WAIT_S)
+        # Cancelled, a hypercorn stream task answers 500 in its ``finally`` and may wait
+        # there for a writer that was cancelled too: it is cancelled again until it ends.
+        for _ in range(_CANCELS):
+            if not pending:
+                return
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=_CANCEL_WAIT_S)
+        logger.warning("%d HTTP/2 connections did not end when cancelled", len(pending))
 
 
 async def _run(connection: Coroutine[Any, Any, None], client: str | None) -> None:
@@ -130,6 +147,7 @@ def _config(base: type[Any], limits: H2Limits) -> Any:
     # hypercorn's own limit ends streams in flight: gateway._compat's GOAWAY is graceful.
     config.keep_alive_max_requests = 2**62
     config.gateway_max_requests = limits.max_requests
+    config.gateway_control_frames_per_s = limits.max_control_frames_per_s
     config.keep_alive_timeout = limits.keep_alive_s
     config.include_server_header = False
     config.include_date_header = limits.date_and_server

@@ -254,6 +254,7 @@ def uvicorn_config(
             max_frame_bytes=settings.http2.max_frame_bytes,
             max_requests=settings.http2.max_requests_per_connection,
             keep_alive_s=settings.http2.idle_timeout_s,
+            max_control_frames_per_s=settings.http2.max_control_frames_per_s,
             date_and_server=not settings.forwarding.pass_date_server,
         )
     if pair is not None:

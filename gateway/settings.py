@@ -152,6 +152,10 @@ class Http2Settings(_Section):
     idle_timeout_s: float = Field(5.0, gt=0)
     # The largest frame a client may send (SETTINGS_MAX_FRAME_SIZE, 16 KiB to 16 MiB).
     max_frame_bytes: int = Field(16384, ge=16384, le=16777215)
+    # Frames that carry no request - PING, SETTINGS, RST_STREAM, PRIORITY, empty DATA,
+    # refused streams - per second and connection (one second's worth at once); past it:
+    # GOAWAY ENHANCE_YOUR_CALM (ping/settings floods, rapid reset).
+    max_control_frames_per_s: int = Field(200, ge=10)
 
 
 class CertificateSettings(_Section):

@@ -222,9 +222,17 @@ class ReverseProxy:
             return
         client_ip = client_address(scope) if pool.balance == "ip_hash" else None
         framing = _body_framing(scope["headers"])
+        first: Message | None = None
+        if framing is None and scope.get("http_version", "1.1") not in ("1.0", "1.1"):
+            # HTTP/2 and 3 frame a body by END_STREAM, with no Content-Length needed: the
+            # first message tells whether there is one (at once for a HEADERS frame that
+            # ended the stream); it goes on chunked, as nginx does unbuffered.
+            first = await receive()
+            if first.get("body") or first.get("more_body") or first["type"] != "http.request":
+                framing = b"chunked"
         # One body stream for every attempt: it knows whether the client's bytes started
         # to flow, after which the request can no longer be replayed elsewhere.
-        body = None if framing is None else _RequestBody(receive, self.max_body_bytes)
+        body = None if framing is None else _RequestBody(receive, self.max_body_bytes, first)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + pool.try_timeout_s
         tried: list[int] = []
@@ -457,9 +465,10 @@ class _RequestBody(httpx.AsyncByteStream):
     on the body cannot be sent again (it is never buffered).
     """
 
-    def __init__(self, receive: Receive, limit: int | None) -> None:
+    def __init__(self, receive: Receive, limit: int | None, first: Message | None = None) -> None:
         self._receive = receive
         self._limit = limit
+        self._first = first  # a message taken already, to be read first
         self.started = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -467,7 +476,7 @@ class _RequestBody(httpx.AsyncByteStream):
         received = 0
         more = True
         while more:
-            message: Message = await self._receive()
+            message, self._first = self._first or await self._receive(), None
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected
             body: bytes = message.get("body", b"")
