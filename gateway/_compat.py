@@ -233,10 +233,11 @@ class _ResettingH2:
 
 
 def _resetting(base: type[Any]) -> type[Any]:
+    import contextlib
     import time
 
     from h2.errors import ErrorCodes
-    from h2.exceptions import ProtocolError
+    from h2.exceptions import ProtocolError, StreamClosedError
     from h2.settings import SettingCodes, Settings
     from hypercorn.events import Closed
     from hypercorn.protocol.events import StreamClosed
@@ -309,7 +310,9 @@ def _resetting(base: type[Any]) -> type[Any]:
                 await self.send(Closed())
                 return
             for stream_id in screened.refused:
-                self.connection.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+                # StreamClosedError: the client reset it in the same read (rapid reset).
+                with contextlib.suppress(StreamClosedError):
+                    self.connection.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             for stream_id, length in screened.unread:
                 self.connection.acknowledge_received_data(length, stream_id)
             await super()._handle_events(screened.events)
@@ -386,8 +389,9 @@ def hypercorn_reliances() -> tuple[Reliance, ...]:
         Reliance(h2_protocol, "BUFFER_LOW_WATER", "gateway._compat", setting=True),
         Reliance(h2_protocol.StreamBuffer, "_complete", "gateway._compat", instance=True),
         Reliance(h2_protocol.StreamBuffer, "close", "gateway._compat", ()),
-        # H2Protocol.stream_send, extended to reset a stream whose response did not end,
-        # and _create_stream, for a graceful GOAWAY after the requests per connection.
+        # H2Protocol: stream_send, extended to reset a stream whose response did not end;
+        # initiate, to announce and enforce the configured bounds; _handle_events, to
+        # screen each batch (gateway.http2_rules); handle, to release drains on close.
         Reliance(h2_protocol.H2Protocol, "stream_send", "gateway._compat", ("event",)),
         Reliance(h2_protocol.H2Protocol, "initiate", "gateway._compat", ("headers", "settings")),
         Reliance(h2_protocol.H2Protocol, "client", "gateway._compat", instance=True),

@@ -106,7 +106,9 @@ class Http2Server:
         # Closed as hypercorn closes an idle connection: its streams' apps are told the
         # client is gone (the proxy lets the backend go) and end on their own.
         for task in pending:
-            await self.connections[task]._initiate_server_close()
+            server = self.connections.get(task)  # None: it ended meanwhile
+            if server is not None:
+                await server._initiate_server_close()
         if pending:
             _, pending = await asyncio.wait(pending, timeout=_CANCEL_WAIT_S)
         # Cancelled, a hypercorn stream task answers 500 in its ``finally`` and may wait

@@ -34,13 +34,14 @@ class FrameBudget:
     """A token bucket: ``per_s`` frames a second, at most one second's worth at once."""
 
     per_s: float
-    at: float
-    tokens: float = -1.0  # full, once ``spend`` first looks
+    at: float  # when the bucket was last filled up to
+    tokens: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.per_s  # full
 
     def spend(self, frames: int, now: float) -> bool:
         """Take ``frames`` from the budget; False once it is overdrawn."""
-        if self.tokens < 0:
-            self.tokens = self.per_s
         self.tokens = min(self.per_s, self.tokens + (now - self.at) * self.per_s) - frames
         self.at = now
         return self.tokens >= 0

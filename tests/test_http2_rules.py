@@ -62,6 +62,8 @@ def test_the_budget_holds_one_second_and_refills_at_its_rate() -> None:
     assert budget.spend(0, 100.0)  # idle for long: never more than one second's worth
     assert budget.spend(10, 100.0)
     assert not budget.spend(1, 100.0)
+    assert not budget.spend(0, 100.05)  # overdrawn: it takes time to come back
+    assert budget.spend(0, 100.2)
 
 
 def test_streams_over_the_limit_are_refused_and_their_data_acknowledged_unread() -> None:
