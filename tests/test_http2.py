@@ -673,6 +673,31 @@ async def test_gateway_run_serves_h2_reloads_and_drains(
     assert finished.status_code == 200
 
 
+async def test_two_workers_serve_h2_and_stop(
+    tmp_path: Path, cert_pair: CertificatePair, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    """`gateway run --workers 2` with listen.http2: h2load's connections (each lands on
+    either worker) are all served over h2, and SIGTERM stops both workers cleanly."""
+    h2load = require_command("h2load")
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(run_toml(port, cert_pair, backend.port, "one"))
+    args = [sys.executable, "-m", "gateway", "run", "-c", str(config), "--workers", "2"]
+    async with gateway_process(args, port, {"GATEWAY_STATE_DIR": str(tmp_path)}) as process:
+        loaded = await asyncio.to_thread(
+            subprocess.run,
+            [h2load, "-n", "400", "-c", "8", "-m", "5", f"https://localhost:{port}/echo"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+    assert "Application protocol: h2" in loaded.stdout, loaded.stdout
+    assert "400 succeeded, 0 failed, 0 errored" in loaded.stdout, loaded.stdout
+    assert len(backend.requests) == 400
+
+
 # -- floods from a client that never reads (gateway run, its memory measured) ------------
 
 
