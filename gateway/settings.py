@@ -143,11 +143,11 @@ class Http2Settings(_Section):
     limits.max_header_bytes."""
 
     # Streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS; nginx http2_max_concurrent_streams).
-    max_concurrent_streams: int = Field(100, ge=1, le=10000)
-    # Then GOAWAY: a client opens a new connection (nginx keepalive_requests). Also what
-    # bounds a rapid-reset burst (streams opened and cancelled at once). At most 900:
-    # hypercorn's stream priority tree holds 1,000 streams.
-    max_requests_per_connection: int = Field(500, ge=1, le=900)
+    # At most 900: hypercorn's priority tree holds 1,000 streams at once.
+    max_concurrent_streams: int = Field(100, ge=1, le=900)
+    # Then a graceful GOAWAY: a client opens a new connection (nginx keepalive_requests).
+    # Rapid-reset bursts are ended sooner by max_control_frames_per_s.
+    max_requests_per_connection: int = Field(500, ge=1, le=10_000_000)
     # A connection without an open stream is closed after this long.
     idle_timeout_s: float = Field(5.0, gt=0)
     # The largest frame a client may send (SETTINGS_MAX_FRAME_SIZE, 16 KiB to 16 MiB).

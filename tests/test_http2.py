@@ -407,6 +407,64 @@ async def test_rapid_reset_after_the_requests_per_connection_gets_a_graceful_goa
     ]
 
 
+async def test_thousands_of_streams_on_one_connection(
+    gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    """hypercorn's priority tree holds 1,000 streams at once: served and reset streams
+    leave it, so one connection can take many more (max_requests_per_connection was
+    capped at 900 for fear of it). 1,500 streams opened and reset, then 1,500 requests."""
+    h2load = require_command("h2load")
+    sections = {
+        **HTTP2,
+        "http2": {"max_requests_per_connection": 5000, "max_control_frames_per_s": 100_000},
+    }
+    async with gateway_factory(f"http://127.0.0.1:{backend.port}", **sections) as url:
+        port = port_of(url)
+
+        def ping_answered(events: list[Any]) -> bool:
+            return any(isinstance(e, h2_events.PingAckReceived) for e in events)
+
+        def resets_then_request() -> list[Any]:
+            with h2_socket(port, client_ssl) as tls:
+                conn = client_connection()
+                tls.sendall(conn.data_to_send())
+                read_events(tls, conn, settings_received)
+                for block in range(15):
+                    for _ in range(100):
+                        stream = conn.get_next_available_stream_id()
+                        conn.send_headers(stream, request_headers(port), end_stream=True)
+                        conn.reset_stream(stream, h2_errors.ErrorCodes.CANCEL)
+                    # Each block read on its own (its PING answered): all 100 taken.
+                    conn.ping(block.to_bytes(8, "big"))
+                    tls.sendall(conn.data_to_send())
+                    read_events(tls, conn, ping_answered)
+                stream = conn.get_next_available_stream_id()
+                conn.send_headers(stream, request_headers(port), end_stream=True)
+                tls.sendall(conn.data_to_send())
+                return read_events(
+                    tls,
+                    conn,
+                    lambda ev: any(
+                        isinstance(e, h2_events.ConnectionTerminated)
+                        or (isinstance(e, h2_events.StreamEnded) and e.stream_id == stream)
+                        for e in ev
+                    ),
+                )
+
+        events = await asyncio.to_thread(resets_then_request)
+        loaded = await asyncio.to_thread(
+            subprocess.run,
+            [h2load, "-n", "1500", "-c", "1", "-m", "10", f"{url}/echo"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert not [e for e in events if isinstance(e, h2_events.ConnectionTerminated)], events
+    assert any(isinstance(e, h2_events.ResponseReceived) for e in events), events
+    assert backend.started >= 100  # streams were taken, not all refused
+    assert "1500 succeeded, 0 failed, 0 errored" in loaded.stdout, loaded.stdout
+
+
 async def test_the_announced_bounds_are_the_enforced_ones(
     gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext
 ) -> None:
