@@ -179,6 +179,22 @@ def request_headers(port: int, path: str = "/echo") -> list[tuple[bytes, bytes]]
     ]
 
 
+def open_and_reset(conn: Any, port: int, count: int) -> None:
+    """``count`` streams opened and cancelled at once: rapid reset's shape."""
+    for _ in range(count):
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, request_headers(port), end_stream=True)
+        conn.reset_stream(stream, h2_errors.ErrorCodes.CANCEL)
+
+
+async def run_h2load(h2load: str, *args: str) -> str:
+    """h2load's report (stdout) for ``args``."""
+    done = await asyncio.to_thread(
+        subprocess.run, [h2load, *args], capture_output=True, text=True, timeout=120
+    )
+    return done.stdout
+
+
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
@@ -272,11 +288,8 @@ async def test_rapid_reset_burst_ends_the_connection_and_others_are_served(
             sent = 0
             with contextlib.suppress(OSError):
                 for _ in range(50):
-                    for _ in range(100):
-                        stream = conn.get_next_available_stream_id()
-                        conn.send_headers(stream, request_headers(port), end_stream=True)
-                        conn.reset_stream(stream, h2_errors.ErrorCodes.CANCEL)
-                        sent += 1
+                    open_and_reset(conn, port, 100)
+                    sent += 100
                     tls.sendall(conn.data_to_send())
             # The server ends the connection: GOAWAY, or a close.
             tls.settimeout(10)
@@ -389,10 +402,7 @@ async def test_rapid_reset_after_the_requests_per_connection_gets_a_graceful_goa
                 conn = client_connection()
                 tls.sendall(conn.data_to_send())
                 read_events(tls, conn, settings_received)
-                for _ in range(20):
-                    stream = conn.get_next_available_stream_id()
-                    conn.send_headers(stream, request_headers(port), end_stream=True)
-                    conn.reset_stream(stream, h2_errors.ErrorCodes.CANCEL)
+                open_and_reset(conn, port, 20)
                 tls.sendall(conn.data_to_send())
                 return read_events(
                     tls,
@@ -430,10 +440,7 @@ async def test_thousands_of_streams_on_one_connection(
                 tls.sendall(conn.data_to_send())
                 read_events(tls, conn, settings_received)
                 for block in range(15):
-                    for _ in range(100):
-                        stream = conn.get_next_available_stream_id()
-                        conn.send_headers(stream, request_headers(port), end_stream=True)
-                        conn.reset_stream(stream, h2_errors.ErrorCodes.CANCEL)
+                    open_and_reset(conn, port, 100)
                     # Each block read on its own (its PING answered): all 100 taken.
                     conn.ping(block.to_bytes(8, "big"))
                     tls.sendall(conn.data_to_send())
@@ -452,17 +459,11 @@ async def test_thousands_of_streams_on_one_connection(
                 )
 
         events = await asyncio.to_thread(resets_then_request)
-        loaded = await asyncio.to_thread(
-            subprocess.run,
-            [h2load, "-n", "1500", "-c", "1", "-m", "10", f"{url}/echo"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        loaded = await run_h2load(h2load, "-n", "1500", "-c", "1", "-m", "10", f"{url}/echo")
     assert not [e for e in events if isinstance(e, h2_events.ConnectionTerminated)], events
     assert any(isinstance(e, h2_events.ResponseReceived) for e in events), events
     assert backend.started >= 100  # streams were taken, not all refused
-    assert "1500 succeeded, 0 failed, 0 errored" in loaded.stdout, loaded.stdout
+    assert "1500 succeeded, 0 failed, 0 errored" in loaded, loaded
 
 
 async def test_the_announced_bounds_are_the_enforced_ones(
@@ -560,10 +561,7 @@ async def test_control_frame_floods_end_the_connection(
                 with contextlib.suppress(OSError):
                     while sent < 50_000 and goaway_code(received) is None:
                         if kind == "reset":
-                            for _ in range(100):
-                                stream = conn.get_next_available_stream_id()
-                                conn.send_headers(stream, request_headers(port), end_stream=True)
-                                conn.reset_stream(stream, h2_errors.ErrorCodes.CANCEL)
+                            open_and_reset(conn, port, 100)
                             block = conn.data_to_send()
                         else:
                             block = b"".join(FLOODS[kind](sent + i) for i in range(100))
@@ -706,16 +704,10 @@ async def test_gateway_run_serves_h2_reloads_and_drains(
             timeout=30,
         )
         assert shown.stdout == "2 200", shown
-        loaded = await asyncio.to_thread(
-            subprocess.run,
-            # 500 requests per connection: max_requests_per_connection, reached by none
-            # (h2load does not reconnect after a GOAWAY).
-            [h2load, "-n", "2000", "-c", "4", "-m", "10", f"{url}/echo"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert "2000 succeeded, 0 failed, 0 errored" in loaded.stdout, loaded.stdout
+        # 500 requests per connection: max_requests_per_connection, reached by none
+        # (h2load does not reconnect after a GOAWAY).
+        loaded = await run_h2load(h2load, "-n", "2000", "-c", "4", "-m", "10", f"{url}/echo")
+        assert "2000 succeeded, 0 failed, 0 errored" in loaded, loaded
         async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
             before = await client.get(f"{url}/echo")
             config.write_text(run_toml(port, cert_pair, backend.port, "two"))
@@ -742,17 +734,13 @@ async def test_two_workers_serve_h2_and_stop(
     config.write_text(run_toml(port, cert_pair, backend.port, "one"))
     args = [sys.executable, "-m", "gateway", "run", "-c", str(config), "--workers", "2"]
     async with gateway_process(args, port, {"GATEWAY_STATE_DIR": str(tmp_path)}) as process:
-        loaded = await asyncio.to_thread(
-            subprocess.run,
-            [h2load, "-n", "400", "-c", "8", "-m", "5", f"https://localhost:{port}/echo"],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        loaded = await run_h2load(
+            h2load, "-n", "400", "-c", "8", "-m", "5", f"https://localhost:{port}/echo"
         )
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 60) == 0
-    assert "Application protocol: h2" in loaded.stdout, loaded.stdout
-    assert "400 succeeded, 0 failed, 0 errored" in loaded.stdout, loaded.stdout
+    assert "Application protocol: h2" in loaded, loaded
+    assert "400 succeeded, 0 failed, 0 errored" in loaded, loaded
     assert len(backend.requests) == 400
 
 
