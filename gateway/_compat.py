@@ -219,8 +219,8 @@ def hypercorn_parts() -> HypercornParts:
         bounded = _bounded(h2_protocol.StreamBuffer, h2_protocol.BUFFER_LOW_WATER)
         h2_protocol.StreamBuffer = bounded  # type: ignore[misc]
     # ProtocolWrapper makes its HTTP/2 protocol from this module's name.
-    if not issubclass(getattr(protocol, "H2Protocol"), _ResettingH2):  # noqa: B009
-        setattr(protocol, "H2Protocol", _resetting(h2_protocol.H2Protocol))  # noqa: B010
+    if not issubclass(getattr(protocol, "H2Protocol"), _MendedH2):  # noqa: B009
+        setattr(protocol, "H2Protocol", _mended(h2_protocol.H2Protocol))  # noqa: B010
     return HypercornParts(TCPServer, WorkerContext, ASGIWrapper, Config)
 
 
@@ -228,11 +228,11 @@ class _BoundedStreamBuffer:
     """Marks hypercorn's StreamBuffer once ``_bounded`` replaced it."""
 
 
-class _ResettingH2:
-    """Marks hypercorn's H2Protocol once ``_resetting`` replaced it."""
+class _MendedH2:
+    """Marks hypercorn's H2Protocol once ``_mended`` replaced it."""
 
 
-def _resetting(base: type[Any]) -> type[Any]:
+def _mended(base: type[Any]) -> type[Any]:
     import contextlib
     import time
 
@@ -246,7 +246,7 @@ def _resetting(base: type[Any]) -> type[Any]:
     from gateway.http2_rules import FrameBudget, StreamWindow, screen
     from gateway.refusals import refused
 
-    class ResettingH2Protocol(base, _ResettingH2):  # type: ignore[misc]
+    class MendedH2Protocol(base, _MendedH2):  # type: ignore[misc]
         # Requests per connection: hypercorn's own limit closes h2's state machine with
         # its GOAWAY, so the streams still in flight never get their responses (h2load:
         # one failed request per connection and limit). Here the GOAWAY is graceful: new
@@ -255,7 +255,8 @@ def _resetting(base: type[Any]) -> type[Any]:
         # ``gateway_control_frames_per_s`` are set by gateway.http2; what is taken,
         # refused and counted is decided by gateway.http2_rules.screen.
         _draining = False
-        _budget: FrameBudget | None = None
+        _budget: FrameBudget
+        _max_requests: int
 
         async def initiate(
             self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
@@ -279,22 +280,22 @@ def _resetting(base: type[Any]) -> type[Any]:
             # check is left for clients that ignore the limit by as much again.
             announced[SettingCodes.MAX_CONCURRENT_STREAMS] *= 2
             connection.local_settings = Settings(client=False, initial_values=announced)
+            # Read once per connection (absent when hypercorn serves another app here).
+            self._max_requests = getattr(self.config, "gateway_max_requests", 2**62)
+            per_s = getattr(self.config, "gateway_control_frames_per_s", 2**62)
+            self._budget = FrameBudget(per_s, time.monotonic())
 
         async def _handle_events(self, events: list[Any]) -> None:
-            config = self.config
             screened = screen(
                 events,
                 StreamWindow(
                     open_streams=len(self.streams),
-                    max_streams=config.h2_max_concurrent_streams,
+                    max_streams=self.config.h2_max_concurrent_streams,
                     taken=self.keep_alive_requests,
-                    max_requests=getattr(config, "gateway_max_requests", 2**62),
+                    max_requests=self._max_requests,
                     draining=self._draining,
                 ),
             )
-            if self._budget is None:
-                per_s = getattr(config, "gateway_control_frames_per_s", 2**62)
-                self._budget = FrameBudget(per_s, time.monotonic())
             if not self._budget.spend(screened.overhead, time.monotonic()):
                 client = self.client[0] if self.client else None
                 refused(
@@ -346,7 +347,7 @@ def _resetting(base: type[Any]) -> type[Any]:
                 await self._flush()
                 await self.send(Closed())
 
-    return ResettingH2Protocol
+    return MendedH2Protocol
 
 
 def _bounded(base: type[Any], low_water: float) -> type[Any]:

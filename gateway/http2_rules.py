@@ -75,13 +75,11 @@ def screen(events: list[Any], window: StreamWindow) -> Screened:
     out = Screened()
     refused: set[int] = set()
     open_streams, taken, draining = window.open_streams, window.taken, window.draining
-    carried = {
-        id(event.priority_updated)
-        for event in events
-        if isinstance(event, h2_events.RequestReceived) and event.priority_updated is not None
-    }
+    carried: set[int] = set()  # the priority signals HEADERS frames carried (they follow)
     for event in events:
         if isinstance(event, h2_events.RequestReceived):
+            if event.priority_updated is not None:
+                carried.add(id(event.priority_updated))
             if draining or open_streams >= window.max_streams:
                 refused.add(event.stream_id)
                 out.refused.append(event.stream_id)
