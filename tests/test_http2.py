@@ -827,6 +827,57 @@ async def test_a_client_gone_before_its_response_leaves_no_task_behind(
         await eventually(lambda: not connections(), 10)
 
 
+async def test_clients_leaving_and_floods_again_and_again_leave_nothing_behind(
+    gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    """What users and attackers repeat: 20 clients gone before their responses and 20
+    connections ended by the control-frame budget. Afterwards no HTTP/2 connection task
+    is left and the process holds the file descriptors it held before."""
+
+    def leave(port: int) -> None:
+        started = backend.started
+        with h2_socket(port, client_ssl) as tls:
+            conn = client_connection()
+            conn.send_headers(1, request_headers(port, "/slow/0.2"), end_stream=True)
+            tls.sendall(conn.data_to_send())
+            deadline = time.monotonic() + 10
+            while backend.started == started and time.monotonic() < deadline:
+                time.sleep(0.01)
+
+    def flood(port: int) -> int | None:
+        with h2_socket(port, client_ssl) as tls:
+            tls.sendall(client_connection().data_to_send())
+            tls.sendall(b"".join(FLOODS["ping"](i) for i in range(100)))
+            received = b""
+            tls.settimeout(10)
+            with contextlib.suppress(OSError):
+                while goaway_code(received) is None and (data := tls.recv(65536)):
+                    received += data
+            return goaway_code(received)
+
+    def connections() -> int:
+        return sum(task.get_name() == "HTTP/2" for task in asyncio.all_tasks())
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    sections = {**HTTP2, "http2": {"idle_timeout_s": 0.5, "max_control_frames_per_s": 10}}
+    async with gateway_factory(f"http://127.0.0.1:{backend.port}", **sections) as url:
+        port = port_of(url)
+        async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+            assert (await client.get(f"{url}/echo")).status_code == 200  # warm: backend pool
+        await eventually(lambda: connections() == 0, 10)
+        before = fds()
+        codes = []
+        for _ in range(20):
+            await asyncio.to_thread(leave, port)
+            codes.append(await asyncio.to_thread(flood, port))
+        await eventually(lambda: connections() == 0, 20)
+        await eventually(lambda: fds() <= before + 2, 10)
+    assert codes == [h2_errors.ErrorCodes.ENHANCE_YOUR_CALM] * 20
+    assert backend.started >= 21
+
+
 async def test_shutdown_past_the_grace_ends_the_streams_still_open(
     gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext
 ) -> None:
