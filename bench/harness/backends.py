@@ -25,13 +25,13 @@ from .layout import (
 from .procs import Proc, Processes, wait_for_port
 
 
-def nginx_common(name: str) -> str:
+def nginx_common(name: str, *, workers: int = 1) -> str:
     """Top of an nginx.conf that runs in the foreground with every path under bench/work."""
     base = WORK_DIR / name
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (base / "tmp" / sub).mkdir(parents=True, exist_ok=True)
     user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
-    return f"""{user}worker_processes 1;
+    return f"""{user}worker_processes {workers};
 daemon off;
 pid {base}/nginx.pid;
 error_log {LOG_DIR}/{name}.error.log warn;

@@ -4,6 +4,7 @@ readings of the proxy's process group from /proc."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any
@@ -253,13 +254,24 @@ def _open_idle(
     return client, ready
 
 
+def workers_for(sessions: int, fd_limit: int) -> int:
+    """Processes a proxy needs to hold ``sessions`` idle sessions under ``fd_limit`` open
+    files per process: two sockets per session, 1,024 files kept for everything else, and
+    a quarter more sessions than an even share, since a shared listening socket does not
+    deal connections out exactly evenly.  Every target gets the same count; the figure is
+    the RSS of the whole process group, so a second worker's own baseline is not charged
+    to the sessions (it is in ``before``)."""
+    per_process = max(1, (fd_limit - 1024) // 2)
+    return max(1, math.ceil(sessions * 1.25 / per_process)) if sessions > per_process else 1
+
+
 def ws_idle(procs: Processes, target: Running, scenario: Scenario, profile: Profile) -> Figures:
     # A few sessions first, so one-time costs (imports, pools) are not charged per session.
     warm, _ = _open_idle(procs, target, 10, profile)
     procs.stop(warm)
     time.sleep(0.5)
     before = rss_kib(target.pgid) if target.pgid else None
-    client, ready = _open_idle(procs, target, profile.idle_sessions, profile)
+    client, ready = _open_idle(procs, target, profile.sessions(scenario), profile)
     try:
         time.sleep(1.0)  # let the proxy settle (buffers, pending tasks)
         after = rss_kib(target.pgid) if target.pgid else None

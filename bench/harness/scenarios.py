@@ -41,13 +41,25 @@ class Profile:
     connections: int = 32
     ws_message_bytes: int = 128
     idle_sessions: int = 1000
+    # ws-idle-many: past what one process may hold under this machine's open-file limit,
+    # so every target runs as many worker processes as the count needs (see measure).
+    many_idle_sessions: int = 10000
     stream_bytes: int = 1024**3
 
     @classmethod
     def quick(cls) -> Profile:
         return cls(
-            rounds=1, duration_s=1.0, warmup_s=0.0, idle_sessions=100, stream_bytes=16 * 1024**2
+            rounds=1,
+            duration_s=1.0,
+            warmup_s=0.0,
+            idle_sessions=100,
+            many_idle_sessions=200,
+            stream_bytes=16 * 1024**2,
         )
+
+    def sessions(self, scenario: Scenario) -> int:
+        """How many idle sessions an idle scenario opens."""
+        return self.many_idle_sessions if scenario.params.get("many") else self.idle_sessions
 
 
 REQ_S = Metric("req_per_s", "throughput", "req/s", True)
@@ -61,6 +73,7 @@ WS_CPU = Metric("msgs_per_cpu_s", "proxy CPU efficiency", "msg/CPU-s", True, pro
 KIB_SESSION = Metric(
     "kib_per_session", "RSS per idle session", "KiB", False, proxy_only=True, digits=1
 )
+OPEN_S = Metric("open_s", "time to open them", "s", False, digits=1)
 MB_S = Metric("mb_per_s", "throughput", "MB/s", True)
 PEAK_RSS = Metric("peak_rss_mib", "proxy peak RSS", "MiB", False, proxy_only=True, digits=1)
 
@@ -108,7 +121,16 @@ def all_scenarios() -> list[Scenario]:
         )
         for n in (1, 64)
     ]
-    idle = [Scenario("ws-idle", "Idle WebSocket sessions", "ws-idle", (KIB_SESSION,))]
+    idle = [
+        Scenario("ws-idle", "Idle WebSocket sessions", "ws-idle", (KIB_SESSION,)),
+        Scenario(
+            "ws-idle-many",
+            "Idle WebSocket sessions, many",
+            "ws-idle",
+            (KIB_SESSION, OPEN_S),
+            params={"many": True},
+        ),
+    ]
     stream = [
         Scenario(
             f"stream-{direction}",

@@ -76,6 +76,9 @@ class Target:
     # Serves HTTP/2 (the get-small-h2 scenario); ``http2`` is set for each start.
     speaks_h2 = False
     http2 = False
+    # Worker processes; set for each start (more than 1 only where one process may not
+    # open the files a scenario needs: see measure.workers_for).
+    workers = 1
 
     def variant(self, tls: bool) -> str:
         """The configuration a start uses: plain, tls, or h2 (TLS with HTTP/2 on)."""
@@ -225,8 +228,10 @@ enabled = false
         config = WORK_DIR / f"{self.name}-{self.variant(tls)}.toml"
         words = shlex.split(self.command)
         if any("{config}" in w for w in words):
-            return [w.replace("{config}", str(config)) for w in words]
-        return [*words, "-c", str(config)]
+            words = [w.replace("{config}", str(config)) for w in words]
+        else:
+            words = [*words, "-c", str(config)]
+        return [*words, "--workers", str(self.workers)] if self.workers > 1 else words
 
     def start(self, procs: Processes, tls: bool) -> Running:
         self.config(tls)
@@ -287,7 +292,7 @@ class GatewayBare(Gateway):
         ]
         if tls:
             argv += ["--ssl-certfile", str(CERT_FILE), "--ssl-keyfile", str(KEY_FILE)]
-        return argv
+        return [*argv, "--workers", str(self.workers)] if self.workers > 1 else argv
 
     def env(self) -> dict[str, str]:
         return {
@@ -320,7 +325,7 @@ class Nginx(Target):
             listen += " http2"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
-            f"""{nginx_common("nginx-proxy")}
+            f"""{nginx_common("nginx-proxy", workers=self.workers)}
 worker_rlimit_nofile {min(self.worker_connections + 1024, _hard_fd_limit())};
 events {{ worker_connections {self.worker_connections}; }}
 http {{
@@ -396,7 +401,7 @@ class UvicornPeer(Target):
         ]
         if tls:
             argv += ["--ssl-certfile", str(CERT_FILE), "--ssl-keyfile", str(KEY_FILE)]
-        return argv
+        return [*argv, "--workers", str(self.workers)] if self.workers > 1 else argv
 
     def env(self) -> dict[str, str]:
         return {"BENCH_HTTP_UPSTREAM": HTTP_UPSTREAM, "BENCH_NODE_UPSTREAM": NODE_UPSTREAM}
@@ -423,7 +428,7 @@ def make_targets(
     table: dict[str, Target] = {
         "direct": Direct(),
         "gateway": Gateway(gateway_cmd, live=gateway_live),
-        "nginx": Nginx(worker_connections=max(16384, 2 * sessions + 4096)),
+        "nginx": Nginx(worker_connections=min(max(16384, 2 * sessions + 4096), _hard_fd_limit())),
         "asgiproxy": AsgiProxy(),
         "fastapi-proxy-lib": FastapiProxyLib(),
         "gateway-bare": GatewayBare(gateway_cmd, live=gateway_live),
