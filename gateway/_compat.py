@@ -233,10 +233,12 @@ class _MendedH2:
 
 
 def _mended(base: type[Any]) -> type[Any]:
+    import asyncio
     import contextlib
     import time
 
     from h2.errors import ErrorCodes
+    from h2.events import DataReceived
     from h2.exceptions import ProtocolError, StreamClosedError
     from h2.settings import SettingCodes, Settings
     from hypercorn.events import Closed
@@ -294,6 +296,7 @@ def _mended(base: type[Any]) -> type[Any]:
                     taken=self.keep_alive_requests,
                     max_requests=self._max_requests,
                     draining=self._draining,
+                    served=self.streams,
                 ),
             )
             if not self._budget.spend(screened.overhead, time.monotonic()):
@@ -316,12 +319,29 @@ def _mended(base: type[Any]) -> type[Any]:
                     self.connection.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             for stream_id, length in screened.unread:
                 self.connection.acknowledge_received_data(length, stream_id)
-            await super()._handle_events(screened.events)
+            for stream_id in screened.answered:
+                self._answered(stream_id)
+            for event in screened.events:
+                if isinstance(event, DataReceived) and event.stream_id not in self.streams:
+                    # Answered while this batch was handled (hypercorn: KeyError).
+                    self.connection.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                    self._answered(event.stream_id)
+                else:
+                    await super()._handle_events([event])
             if screened.last_taken:  # after this read's refusals: GOAWAY, state kept open
                 self._draining = True
                 goaway = GoAwayFrame(stream_id=0, last_stream_id=screened.last_taken)
                 self.connection._prepare_for_sending([goaway])
                 await self._flush()
+
+        def _answered(self, stream_id: int) -> None:
+            """The app of ``stream_id`` has ended, the client still sends its body: once
+            the response's END_STREAM has gone out, ask it to stop (RFC 9113 8.1)."""
+            if stream_id not in self.stream_buffers:
+                with contextlib.suppress(ProtocolError):  # reset or ended already
+                    self.connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
         async def handle(self, event: Any) -> None:
             await super().handle(event)
@@ -332,6 +352,15 @@ def _mended(base: type[Any]) -> type[Any]:
                     await buffer.close()
 
         async def stream_send(self, event: Any) -> None:
+            if isinstance(event, StreamClosed):
+                # The app has ended: nothing reads its queue of request messages any more,
+                # and a put waiting for room in it (hypercorn keeps 10) would hold this
+                # connection's reading for ever.
+                put = getattr(self.streams.get(event.stream_id), "app_put", None)
+                queue = getattr(put, "__self__", None)  # spawn_app hands out queue.put
+                if isinstance(queue, asyncio.Queue):
+                    while not queue.empty():
+                        queue.get_nowait()
             if isinstance(event, StreamClosed) and not self.closed:
                 buffer = self.stream_buffers.get(event.stream_id)
                 if buffer is not None and not buffer._complete:  # the response did not end
@@ -369,6 +398,7 @@ def hypercorn_reliances() -> tuple[Reliance, ...]:
     """``RELIES_ON`` for hypercorn (checked by tests/test_compat.py when it is installed)."""
     parts = hypercorn_parts()
     import hypercorn.protocol.h2 as h2_protocol
+    import hypercorn.protocol.http_stream as http_stream
 
     why = "gateway.http2.Http2Server"
     config = parts.config
@@ -406,6 +436,9 @@ def hypercorn_reliances() -> tuple[Reliance, ...]:
         Reliance(h2_protocol.H2Protocol, "closed", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "connection", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "stream_buffers", "gateway._compat", instance=True),
+        # Each stream's queue of request messages (spawn_app hands out its put): emptied
+        # when the app ends, so that no put waits for room in it for ever.
+        Reliance(http_stream.HTTPStream, "app_put", "gateway._compat", instance=True),
         Reliance(parts.worker_context, "__init__", why, ("max_requests",)),
         Reliance(parts.worker_context, "terminated", why + " drains on shutdown", instance=True),
         Reliance(parts.asgi_wrapper, "__init__", why, ("app",)),

@@ -14,6 +14,11 @@ events - what one read of the socket produced - to ``screen`` before it acts on 
   of their own, empty DATA frames that do not end their stream (CVE-2019-9518) and
   refused streams. Past it the connection ends with GOAWAY ENHANCE_YOUR_CALM, as nginx
   and nghttp2 end floods (CVE-2019-9512, -9513, -9515);
+- DATA for a stream whose response is complete while the client still sends its body
+  (an early 413, a backend that answered without reading the upload) is acknowledged
+  for flow control and dropped; once the response's END_STREAM has gone out, the stream
+  is reset with NO_ERROR, which asks the client to stop sending (RFC 9113 8.1). hypercorn
+  failed the whole connection on such DATA (KeyError);
 - priority signals are dropped: RFC 9113 5.3.2 deprecates them and lets servers ignore
   them, and hypercorn kept a node in its priority tree for every stream a PRIORITY
   frame named, opened or not (1,000 of them and the connection failed).
@@ -21,6 +26,7 @@ events - what one read of the socket produced - to ``screen`` before it acts on 
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +62,7 @@ class StreamWindow:
     taken: int  # requests taken on the connection so far
     max_requests: int
     draining: bool  # max_requests reached before this batch: every new stream is refused
+    served: Container[int]  # the streams an app still serves (taken and not yet answered)
 
 
 @dataclass(slots=True)
@@ -65,7 +72,9 @@ class Screened:
     events: list[Any] = field(default_factory=list)  # to be handled, in order
     refused: list[int] = field(default_factory=list)  # streams to refuse (REFUSED_STREAM)
     unread: list[tuple[int, int]] = field(default_factory=list)  # (stream, flow-controlled
-    # bytes) received on refused streams: acknowledged, never handled
+    # bytes) received on refused or answered streams: acknowledged, never handled
+    answered: list[int] = field(default_factory=list)  # streams whose app has ended while
+    # the client still sends their body: reset with NO_ERROR once the response is out
     last_taken: int = 0  # the stream that reached max_requests (then GOAWAY); 0: none
     overhead: int = 0  # frames that count against the control-frame budget
 
@@ -76,6 +85,7 @@ def screen(events: list[Any], window: StreamWindow) -> Screened:
     refused: set[int] = set()
     open_streams, taken, draining = window.open_streams, window.taken, window.draining
     carried: set[int] = set()  # the priority signals HEADERS frames carried (they follow)
+    opened: set[int] = set()  # streams taken in this batch (not yet served)
     for event in events:
         if isinstance(event, h2_events.RequestReceived):
             if event.priority_updated is not None:
@@ -85,6 +95,7 @@ def screen(events: list[Any], window: StreamWindow) -> Screened:
                 out.refused.append(event.stream_id)
                 out.overhead += 1
                 continue
+            opened.add(event.stream_id)
             open_streams += 1
             taken += 1
             if taken >= window.max_requests:
@@ -93,6 +104,16 @@ def screen(events: list[Any], window: StreamWindow) -> Screened:
         elif getattr(event, "stream_id", None) in refused:
             if isinstance(event, h2_events.DataReceived):
                 out.unread.append((event.stream_id, event.flow_controlled_length))
+            continue
+        elif (
+            isinstance(event, h2_events.DataReceived)
+            and event.stream_id not in opened
+            and event.stream_id not in window.served
+        ):
+            out.unread.append((event.stream_id, event.flow_controlled_length))
+            if event.stream_id not in out.answered:
+                out.answered.append(event.stream_id)
+            out.overhead += not event.data and event.stream_ended is None
             continue
         elif isinstance(event, h2_events.PriorityUpdated):
             out.overhead += id(event) not in carried

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Refusal", "check_head", "split_host", "valid_host"]
+__all__ = ["Refusal", "body_may_lack_length", "check_head", "split_host", "valid_host"]
 
 _NAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
 _MAX_HOST_BYTES = 255 + 1 + 5  # name, colon, port
@@ -35,6 +35,13 @@ class Refusal:
     status: int
     reason: str
     message: str
+
+
+def body_may_lack_length(http_version: str) -> bool:
+    """Whether a request of ``http_version`` may carry a body with neither Content-Length
+    nor Transfer-Encoding: HTTP/2 and 3 end a body with its stream (END_STREAM), HTTP/1
+    requests without either header have none (RFC 9112 section 6.3)."""
+    return http_version not in ("1.0", "1.1")
 
 
 # The usual shapes, checked by one regular expression: a name or IPv4 address, a port.

@@ -510,6 +510,70 @@ async def test_the_announced_bounds_are_the_enforced_ones(
     assert request["body_bytes"] == 40_000, [h for h in request["headers"] if h[0] != "x-big"]
 
 
+async def test_a_body_without_content_length_is_held_to_the_body_limit(
+    gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    """HTTP/2 frames a body by END_STREAM, so a request may carry one without
+    Content-Length. It is counted as it streams against ``limits.max_body_bytes`` (main:
+    the limit read no Content-Length as "no body" and passed 1 MB over a 1,000-byte limit
+    to the backend). The 413 goes out while the client still sends: its later DATA is
+    dropped, the stream reset with NO_ERROR once the answer is complete (RFC 9113 8.1, as
+    nginx does), and the connection goes on (main's hypercorn failed the connection on
+    DATA for a stream it had answered)."""
+    sections = {**HTTP2, "limits": {"max_body_bytes": 1000}}
+    async with gateway_factory(f"http://127.0.0.1:{backend.port}", **sections) as url:
+        port = port_of(url)
+
+        def exchange() -> list[Any]:
+            with h2_socket(port, client_ssl) as tls:
+                conn = client_connection()
+                post = [(b":method", b"POST"), *request_headers(port)[1:]]
+                conn.send_headers(1, post)
+                for _ in range(30):  # 30 KB in one write, within the initial window
+                    conn.send_data(1, b"b" * 1000)
+                tls.sendall(conn.data_to_send())
+                events = read_events(
+                    tls,
+                    conn,
+                    lambda ev: any(
+                        isinstance(e, h2_events.StreamEnded | h2_events.ConnectionTerminated)
+                        for e in ev
+                    ),
+                )
+                conn.send_headers(3, request_headers(port), end_stream=True)
+                tls.sendall(conn.data_to_send())
+                return events + read_events(
+                    tls,
+                    conn,
+                    lambda ev: any(
+                        isinstance(e, h2_events.StreamEnded | h2_events.ConnectionTerminated)
+                        for e in ev
+                    ),
+                )
+
+        events = await asyncio.to_thread(exchange)
+        async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+
+            async def body() -> AsyncIterator[bytes]:
+                for _ in range(9):
+                    yield b"b" * 100
+
+            within = await client.post(f"{url}/echo", content=body())
+    assert not [e for e in events if isinstance(e, h2_events.ConnectionTerminated)], events
+    statuses = {
+        e.stream_id: dict(e.headers)[b":status"]
+        for e in events
+        if isinstance(e, h2_events.ResponseReceived)
+    }
+    assert statuses == {1: b"413", 3: b"200"}
+    [reset] = [e for e in events if isinstance(e, h2_events.StreamReset)]
+    assert (reset.stream_id, reset.error_code) == (1, h2_errors.ErrorCodes.NO_ERROR)
+    assert within.http_version == "HTTP/2"
+    assert within.status_code == 200
+    assert within.json()["body_bytes"] == 900
+    assert not [r for r in backend.requests if r["body_bytes"] > 1000]
+
+
 def raw_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     head = struct.pack("!I", len(payload))[1:] + bytes([kind, flags])
     return head + struct.pack("!I", stream) + payload

@@ -10,7 +10,9 @@ h2_events = pytest.importorskip("h2.events")
 
 from gateway.http2_rules import FrameBudget, StreamWindow, screen  # noqa: E402
 
-WINDOW = StreamWindow(open_streams=0, max_streams=2, taken=0, max_requests=100, draining=False)
+WINDOW = StreamWindow(
+    open_streams=0, max_streams=2, taken=0, max_requests=100, draining=False, served=()
+)
 
 
 def make(kind: str, **fields: Any) -> Any:
@@ -77,18 +79,20 @@ def test_streams_over_the_limit_are_refused_and_their_data_acknowledged_unread()
 
 
 def test_open_streams_count_towards_the_limit() -> None:
-    out = screen(request(9), StreamWindow(2, 2, 2, 100, False))
+    out = screen(request(9), StreamWindow(2, 2, 2, 100, False, served={1, 3}))
     assert out.refused == [9]
     assert out.events == []
 
 
 def test_the_stream_that_reaches_max_requests_starts_the_drain() -> None:
-    window = StreamWindow(open_streams=0, max_streams=10, taken=1, max_requests=3, draining=False)
+    window = StreamWindow(
+        open_streams=0, max_streams=10, taken=1, max_requests=3, draining=False, served={1}
+    )
     out = screen([*request(3), *request(5), *request(7)], window)
     assert [e.stream_id for e in out.events] == [3, 5]
     assert out.last_taken == 5
     assert out.refused == [7]
-    draining = StreamWindow(0, 10, 3, 3, draining=True)
+    draining = StreamWindow(0, 10, 3, 3, draining=True, served={1, 3, 5})
     assert screen(request(9), draining).refused == [9]
 
 
@@ -112,3 +116,20 @@ def test_control_frames_count_and_request_frames_do_not() -> None:
     assert "PriorityUpdated" not in kept
     assert kept.count("DataReceived") == 3
     assert {id(ping), id(settings), id(reset)} <= {id(e) for e in out.events}
+
+
+def test_data_for_a_stream_already_answered_is_acknowledged_unread() -> None:
+    """An app that answered before the body ended (an early 413): its stream's DATA is
+    dropped after the flow-control acknowledgement, and the stream is to be reset; DATA
+    for streams still served, or opened in the same batch, goes on."""
+    window = StreamWindow(0, 10, 2, 100, False, served={3})
+    events = [*data(1, b"late"), *data(3, b"body"), *request(5), *data(5, b"new"), *data(1, b"")]
+    out = screen(events, window)
+    assert [(type(e).__name__, e.stream_id) for e in out.events] == [
+        ("DataReceived", 3),
+        ("RequestReceived", 5),
+        ("DataReceived", 5),
+    ]
+    assert out.unread == [(1, 4), (1, 0)]
+    assert out.answered == [1]
+    assert out.overhead == 1  # the empty DATA frame that does not end its stream

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.logs import get_logger
+from gateway.request_rules import body_may_lack_length
 from gateway.responses import send_text
 
 __all__ = ["RequestLimits", "RequestLimitsMiddleware", "declared_body_bytes", "head_refusal"]
@@ -53,9 +54,12 @@ class RequestLimits:
                 raise ValueError(f"{key}: {value!r} is not a whole number >= 0")
 
 
-def declared_body_bytes(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
-    """The announced body size: Content-Length, 0 without a body, None if chunked."""
-    length = 0
+def declared_body_bytes(
+    headers: Iterable[tuple[bytes, bytes]], http_version: str = "1.1"
+) -> int | None:
+    """The announced body size: Content-Length, 0 without a body, None if not announced
+    (chunked, or an HTTP/2 or 3 body without Content-Length: counted as it streams)."""
+    length = None if body_may_lack_length(http_version) else 0
     for name, value in headers:
         if name == b"transfer-encoding":
             return None
@@ -143,7 +147,7 @@ class RequestLimitsMiddleware:
         if (
             scope["type"] == "http"
             and limit is not None
-            and declared_body_bytes(scope["headers"]) is None
+            and declared_body_bytes(scope["headers"], scope.get("http_version", "1.1")) is None
         ):
             limiter = _BodyLimiter(scope, receive, send, limit)
             try:

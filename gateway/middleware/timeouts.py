@@ -32,6 +32,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.logs import get_logger
+from gateway.request_rules import body_may_lack_length
 from gateway.responses import send_text
 from gateway.watchdog import Watchdog, tick_for
 
@@ -76,12 +77,15 @@ def check_deadlines(
     return None, deadline
 
 
-def has_request_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    """True if the request announces a body (chunked, or a non-zero Content-Length)."""
+def has_request_body(headers: list[tuple[bytes, bytes]], http_version: str = "1.1") -> bool:
+    """True if the request may have a body: chunked, a non-zero Content-Length, or an
+    HTTP/2 or 3 request without Content-Length (its body ends with the stream)."""
+    length_seen = False
     for name, value in headers:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
             return True
-    return False
+        length_seen = length_seen or name == b"content-length"
+    return not length_seen and body_may_lack_length(http_version)
 
 
 def _check_timeout(key: str, value: float | None) -> float | None:
@@ -126,7 +130,9 @@ class TimeoutsMiddleware:
             await self.app(scope, receive, send)
             return
         body_timeout_s = self.body_timeout_s
-        if body_timeout_s is not None and not has_request_body(scope["headers"]):
+        if body_timeout_s is not None and not has_request_body(
+            scope["headers"], scope.get("http_version", "1.1")
+        ):
             body_timeout_s = None
         if (
             body_timeout_s is None

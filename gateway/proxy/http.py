@@ -30,6 +30,7 @@ from gateway.proxy.forwarding import (
     strip_root_path,
 )
 from gateway.proxy.websocket import WebSocketProxy
+from gateway.request_rules import body_may_lack_length
 from gateway.responses import send_text
 from gateway.transport import UpstreamTransport
 from gateway.upstream import Peer, Upstream, client_address, may_retry
@@ -223,7 +224,7 @@ class ReverseProxy:
         client_ip = client_address(scope) if pool.balance == "ip_hash" else None
         framing = _body_framing(scope["headers"])
         first: Message | None = None
-        if framing is None and scope.get("http_version", "1.1") not in ("1.0", "1.1"):
+        if framing is None and body_may_lack_length(scope.get("http_version", "1.1")):
             # HTTP/2 and 3 frame a body by END_STREAM, with no Content-Length needed: the
             # first message tells whether there is one (at once for a HEADERS frame that
             # ended the stream); it goes on chunked, as nginx does unbuffered.

@@ -91,6 +91,13 @@ def test_declared_body_bytes(headers: list[tuple[bytes, bytes]], expected: int |
     assert declared_body_bytes(headers) == expected
 
 
+def test_an_http2_body_without_content_length_is_not_announced() -> None:
+    # Counted as it streams (None), not taken for "no body" as in HTTP/1.1.
+    assert declared_body_bytes([], "2") is None
+    assert declared_body_bytes([], "1.1") == 0
+    assert declared_body_bytes([(b"content-length", b"12")], "2") == 12
+
+
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [

@@ -63,6 +63,14 @@ def test_a_passed_deadline_decides_the_status(
 )
 def test_has_request_body(headers: list[tuple[bytes, bytes]], expected: bool) -> None:
     assert has_request_body(headers) is expected
+    assert has_request_body(headers, "1.0") is expected
+
+
+def test_an_http2_request_without_content_length_may_have_a_body() -> None:
+    # HTTP/2 and 3 end a body with the stream: no header announces it.
+    assert has_request_body([], "2") is True
+    assert has_request_body([], "3") is True
+    assert has_request_body([(b"content-length", b"0")], "2") is False
 
 
 @pytest.mark.parametrize(
