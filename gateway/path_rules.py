@@ -63,9 +63,12 @@ def ambiguous_path(raw_path: bytes) -> str | None:
     """
     # The common path: plain ASCII without any of the characters the rules look at.
     if (
-        raw_path.isascii()
-        and not any(mark in raw_path for mark in (b"%", b";", b"\\", b"./"))
+        b"%" not in raw_path
+        and b";" not in raw_path
+        and b"\\" not in raw_path
+        and b"./" not in raw_path
         and not raw_path.endswith(b".")
+        and raw_path.isascii()
     ):
         return None
     if b";" in raw_path:

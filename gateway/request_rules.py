@@ -80,9 +80,22 @@ def split_host(value: bytes) -> tuple[bytes, bytes | None] | None:
     return host, port
 
 
+# Verdicts on Host values seen lately: a connection sends the same one again and again,
+# and each request meets the check up to twice (server head, router). Bounded: emptied
+# when full, so a client inventing hosts costs only the check itself.
+_HOST_VERDICTS: dict[bytes, bool] = {}
+_MAX_HOST_VERDICTS = 1024
+
+
 def valid_host(value: bytes) -> bool:
     """Whether ``value`` is a usable Host header value (see the module docstring)."""
-    return split_host(value) is not None
+    verdict = _HOST_VERDICTS.get(value)
+    if verdict is None:
+        verdict = split_host(value) is not None
+        if len(_HOST_VERDICTS) >= _MAX_HOST_VERDICTS:
+            _HOST_VERDICTS.clear()
+        _HOST_VERDICTS[value] = verdict
+    return verdict
 
 
 def check_head(version: str, headers: Iterable[tuple[bytes, bytes]]) -> Refusal | None:
