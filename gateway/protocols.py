@@ -24,6 +24,7 @@ from gateway._compat import (
     RequestResponseCycle,
     WebSocketsSansIOProtocol,
 )
+from gateway.middleware.timeouts import FLOW_EXTENSION
 from gateway.proxy.websocket_rules import FRAGMENT_OVERHEAD_BYTES
 from gateway.refusals import refused
 from gateway.request_rules import Refusal, check_head
@@ -408,6 +409,9 @@ class HTTPProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        # The send deadline (TimeoutsMiddleware) is kept only while the client is not
+        # taking the response: this connection's write flow control tells it when.
+        self.scope["extensions"] = {FLOW_EXTENSION: {"flow": self.flow}}
         self._awaiting_head = True
         self._watch_head()
 

@@ -20,14 +20,19 @@ the server cut the connection - the only honest signal left.
 A request arms no loop timer of its own: the deadlines are checked on the ticks of
 one ``Watchdog`` per middleware (a quarter of the shortest timeout, at most 0.5 s),
 so a deadline fires at most one tick late and a request only costs a set insertion
-and a clock read per wait.  WebSocket scopes pass through: the bridge has its own
-idle timeout.
+and a clock read per wait.  A request with only the send deadline to keep (no body,
+no ``request_timeout_s``) is watched only while a send waits; a server that offers
+its write flow control as the ``gateway.flow`` scope extension (``gateway run``
+does) spares it even the clock reads while the client takes what is sent.
+WebSocket scopes pass through: the bridge has its own idle timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,7 +41,18 @@ from gateway.request_rules import body_may_lack_length
 from gateway.responses import send_text
 from gateway.watchdog import Watchdog, tick_for
 
-__all__ = ["TimeoutsMiddleware", "check_deadlines", "has_request_body"]
+__all__ = ["FLOW_EXTENSION", "TimeoutsMiddleware", "check_deadlines", "has_request_body"]
+
+# A scope extension, ``{"flow": object}``: the object's ``write_paused`` is true while
+# the server holds response bytes the client has not taken (uvicorn's FlowControl); a
+# send made while it is false does not wait.
+FLOW_EXTENSION = "gateway.flow"
+
+
+def _flow(scope: Scope) -> Any:
+    extension = scope.get("extensions", {}).get(FLOW_EXTENSION)
+    return None if extension is None else extension.get("flow")
+
 
 logger = get_logger("gateway.timeouts")
 
@@ -141,10 +157,54 @@ class TimeoutsMiddleware:
         ):
             await self.app(scope, receive, send)
             return
+        if body_timeout_s is None and self.request_timeout_s is None:
+            await self._send_deadline_only(scope, receive, send)
+            return
         deadlines = _Deadlines(
-            scope, receive, send, body_timeout_s, self.request_timeout_s, self.send_timeout_s
+            scope,
+            receive,
+            send,
+            body_timeout_s,
+            self.request_timeout_s,
+            self.send_timeout_s,
+            self.watchdog,
         )
-        await deadlines.run(self.app, self.watchdog)
+        deadlines.watchdog.watch(deadlines)
+        try:
+            await deadlines.run(self.app, deadlines.receive, deadlines.send)
+        finally:
+            deadlines.watchdog.unwatch(deadlines)
+
+    async def _send_deadline_only(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Only the send deadline to keep: the request's deadlines are made, and watched,
+        once a piece of the response may have to wait for the client."""
+        flow = _flow(scope)
+        deadlines: _Deadlines | None = None
+
+        def timed_send(message: Message) -> Awaitable[None]:
+            nonlocal deadlines
+            if deadlines is None:
+                if message["type"] != "http.response.body" or (
+                    flow is not None and not flow.write_paused  # it will not wait
+                ):
+                    return send(message)
+                deadlines = _Deadlines(
+                    scope, receive, send, None, None, self.send_timeout_s, self.watchdog
+                )
+                deadlines.response_started = True  # a piece of its body is being sent
+            return deadlines.send(message)
+
+        task = asyncio.current_task()
+        assert task is not None  # an ASGI app always runs in a task
+        cancelling = task.cancelling()
+        try:
+            await self.app(scope, receive, timed_send)
+        except asyncio.CancelledError:
+            if deadlines is None or not await deadlines.settle(cancelling):
+                raise
+        else:
+            if deadlines is not None:
+                await deadlines.settle(cancelling, cancelled=False)
 
 
 class _Deadlines:
@@ -157,11 +217,16 @@ class _Deadlines:
         send: Send,
         body_timeout_s: float | None,
         request_timeout_s: float | None,
-        send_timeout_s: float | None = None,
+        send_timeout_s: float | None,
+        watchdog: Watchdog,
     ) -> None:
         self.scope = scope
         self._receive = receive
         self._send = send
+        self.watchdog = watchdog
+        # Only the send deadline: watched while a send waits, not for the whole request.
+        self.lazy = body_timeout_s is None and request_timeout_s is None
+        self.flow = _flow(scope)
         self.loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None  # an ASGI app always runs in a task
@@ -178,21 +243,29 @@ class _Deadlines:
         self.expired_what = "request"
         self.response_started = False
 
-    async def run(self, app: ASGIApp, watchdog: Watchdog) -> None:
+    async def run(self, app: ASGIApp, receive: Receive, send: Send) -> None:
         cancelling = self.task.cancelling()
-        watchdog.watch(self)
         try:
-            await app(self.scope, self.receive, self.send)
+            await app(self.scope, receive if not self.body_done else self._receive, send)
         except asyncio.CancelledError:
-            # Ours only if nobody else cancelled too (the asyncio.timeout protocol).
-            if self.expired is None or self.task.uncancel() > cancelling:
+            if not await self.settle(cancelling):
                 raise
-            await self._answer(self.expired)
         else:
-            if self.expired is not None:  # the app swallowed our cancellation
-                self.task.uncancel()
-        finally:
-            watchdog.unwatch(self)
+            await self.settle(cancelling, cancelled=False)
+
+    async def settle(self, cancelling: int, *, cancelled: bool = True) -> bool:
+        """After the app: True if a cancellation was ours (then answered), so that the
+        caller swallows it. ``cancelling`` is the task's count before the app ran."""
+        if self.expired is None:
+            return False
+        if not cancelled:  # the app swallowed our cancellation
+            self.task.uncancel()
+            return False
+        # Ours only if nobody else cancelled too (the asyncio.timeout protocol).
+        if self.task.uncancel() > cancelling:
+            return False
+        await self._answer(self.expired)
+        return True
 
     async def receive(self) -> Message:
         if self.body_done:
@@ -211,14 +284,22 @@ class _Deadlines:
             return  # the answer is ours now
         if message["type"] == "http.response.start":
             self.response_started = True
-        if self.send_timeout_s is None or message["type"] != "http.response.body":
+        if (
+            self.send_timeout_s is None
+            or message["type"] != "http.response.body"
+            or (self.flow is not None and not self.flow.write_paused)  # it will not wait
+        ):
             await self._send(message)
             return
         self.sending_since = self.loop.time()
+        if self.lazy:
+            self.watchdog.watch(self)
         try:
             await self._send(message)
         finally:
             self.sending_since = None
+            if self.lazy:
+                self.watchdog.unwatch(self)
 
     def check(self, now: float) -> bool:
         """The watchdog's tick: cancel the app once a deadline has passed (then True)."""

@@ -12,7 +12,12 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway import ReverseProxy
-from gateway.middleware.timeouts import TimeoutsMiddleware, check_deadlines, has_request_body
+from gateway.middleware.timeouts import (
+    FLOW_EXTENSION,
+    TimeoutsMiddleware,
+    check_deadlines,
+    has_request_body,
+)
 from gateway.responses import status_text
 from tests.servers import (
     Backend,
@@ -204,6 +209,82 @@ async def test_a_cancellation_from_outside_is_not_swallowed() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+class Flow:
+    """The ``gateway.flow`` extension's object: ``write_paused`` as the server sets it."""
+
+    def __init__(self, paused: bool) -> None:
+        self.write_paused = paused
+
+
+def get_scope(flow: Flow | None = None) -> Scope:
+    scope: Scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    if flow is not None:
+        scope["extensions"] = {FLOW_EXTENSION: {"flow": flow}}
+    return scope
+
+
+@pytest.mark.parametrize("flow", [None, Flow(paused=True)], ids=["no-extension", "paused"])
+async def test_a_send_that_waits_past_the_send_deadline_is_cut(flow: Flow | None) -> None:
+    """Only the send deadline to keep (no body, no request deadline): it is watched while
+    a piece of the body waits for the client, and cuts the response past it."""
+    cancelled = asyncio.Event()
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+        if message.get("more_body"):
+            await asyncio.sleep(10)  # a client that stopped reading
+
+    async def big(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            await send({"type": "http.response.body", "body": b"x", "more_body": True})
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        await send({"type": "http.response.body", "body": b""})  # never reached
+
+    middleware = TimeoutsMiddleware(big, body_timeout_s=5, send_timeout_s=0.2)
+    await asyncio.wait_for(middleware(get_scope(flow), receive_nothing, send), 5)
+    assert cancelled.is_set()
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+
+
+async def test_while_the_client_takes_the_response_nothing_is_watched() -> None:
+    """With the server's flow control in the scope, sends that cannot wait are not timed:
+    the watchdog holds nothing during them (no set insertion, no clock read)."""
+    middleware = TimeoutsMiddleware(Ok(), body_timeout_s=5, send_timeout_s=0.2)
+    watched: list[int] = []
+
+    async def send(message: Message) -> None:
+        watched.append(len(middleware.watchdog))
+
+    await middleware(get_scope(Flow(paused=False)), receive_nothing, send)
+    await middleware(get_scope(), receive_nothing, send)  # no extension: the body is timed
+    assert watched == [0, 0, 0, 1]
+
+
+async def test_an_outside_cancellation_of_a_waiting_send_is_not_swallowed() -> None:
+    waiting = asyncio.Event()
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            waiting.set()
+            await asyncio.sleep(10)
+
+    middleware = TimeoutsMiddleware(Ok(), body_timeout_s=5, send_timeout_s=5)
+    task = asyncio.create_task(middleware(get_scope(Flow(paused=True)), receive_nothing, send))
+    await waiting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(middleware.watchdog) == 0
+
+
+async def receive_nothing() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 # Through a real proxy over sockets ----------------------------------------------------------
