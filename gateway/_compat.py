@@ -236,14 +236,28 @@ def _mended(base: type[Any]) -> type[Any]:
     import asyncio
     import contextlib
     import time
+    from collections import deque
 
     from h2.errors import ErrorCodes
-    from h2.events import DataReceived
+    from h2.events import DataReceived, StreamEnded, StreamReset
     from h2.exceptions import ProtocolError, StreamClosedError
     from h2.settings import SettingCodes, Settings
     from hypercorn.events import Closed
-    from hypercorn.protocol.events import StreamClosed
+    from hypercorn.protocol.events import Body, EndBody, StreamClosed
+    from hypercorn.protocol.http_stream import HTTPStream
     from hyperframe.frame import GoAwayFrame
+
+    # nginx's connection window: each stream's own window bounds what it may hold, so that
+    # a stream whose body waits does not shut the connection's window on the others.
+    connection_window = 2**31 - 1
+
+    def queue_of(stream: Any) -> asyncio.Queue[Any] | None:
+        """The stream's queue of request messages for its app (spawn_app hands out its
+        put), or None when it has none (no app, or not an HTTP stream)."""
+        if not isinstance(stream, HTTPStream):
+            return None
+        queue = getattr(stream.app_put, "__self__", None)
+        return queue if isinstance(queue, asyncio.Queue) else None
 
     from gateway.http2_rules import FrameBudget, StreamWindow, screen
     from gateway.refusals import refused
@@ -259,6 +273,12 @@ def _mended(base: type[Any]) -> type[Any]:
         _draining = False
         _budget: FrameBudget
         _max_requests: int
+        # Request bodies: a stream whose app has no room for the next message (hypercorn
+        # queues 10) keeps the rest here, unacknowledged, and a task of its own hands it
+        # on; hypercorn waited for room in the connection's reading, holding every
+        # stream. What a stream holds is bounded by its flow-control window.
+        _held: dict[int, deque[tuple[bytes, int] | None]]
+        _pumps: dict[int, asyncio.Task[None]]
 
         async def initiate(
             self, headers: list[tuple[bytes, bytes]] | None = None, settings: bytes | None = None
@@ -283,6 +303,23 @@ def _mended(base: type[Any]) -> type[Any]:
             announced[SettingCodes.MAX_CONCURRENT_STREAMS] *= 2
             connection.local_settings = Settings(client=False, initial_values=announced)
             # Read once per connection (absent when hypercorn serves another app here).
+            self.connection.increment_flow_control_window(
+                connection_window - self.connection.inbound_flow_control_window
+            )
+            await self._flush()
+            # A response complete while the client still sends its body (an early 413, a
+            # backend that answered an upload unread): RST_STREAM NO_ERROR asks it to
+            # stop (RFC 9113 8.1, as nginx does), right after hypercorn's END_STREAM.
+            end_stream = self.connection.end_stream
+
+            def end_stream_and_the_body(stream_id: int) -> None:
+                end_stream(stream_id)
+                stream = self.connection.streams.get(stream_id)
+                if stream is not None and not stream.closed:
+                    self.connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+
+            self.connection.end_stream = end_stream_and_the_body
+            self._held, self._pumps = {}, {}
             self._max_requests = getattr(self.config, "gateway_max_requests", 2**62)
             per_s = getattr(self.config, "gateway_control_frames_per_s", 2**62)
             self._budget = FrameBudget(per_s, time.monotonic())
@@ -322,19 +359,90 @@ def _mended(base: type[Any]) -> type[Any]:
             for stream_id in screened.answered:
                 self._answered(stream_id)
             for event in screened.events:
-                if isinstance(event, DataReceived) and event.stream_id not in self.streams:
-                    # Answered while this batch was handled (hypercorn: KeyError).
-                    self.connection.acknowledge_received_data(
-                        event.flow_controlled_length, event.stream_id
-                    )
-                    self._answered(event.stream_id)
-                else:
-                    await super()._handle_events([event])
+                if isinstance(event, DataReceived | StreamEnded):
+                    stream = self.streams.get(event.stream_id)
+                    if stream is None and isinstance(event, DataReceived):
+                        # Answered while this batch was handled (hypercorn: KeyError).
+                        self.connection.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                        self._answered(event.stream_id)
+                        continue
+                    queue = queue_of(stream)
+                    if queue is not None:
+                        await self._deliver(stream, queue, event)
+                        continue
+                elif isinstance(event, StreamReset):
+                    self._let_go(event.stream_id)  # then hypercorn closes it
+                await super()._handle_events([event])
+            await self._flush()  # the acknowledgements (WINDOW_UPDATE) of this batch
             if screened.last_taken:  # after this read's refusals: GOAWAY, state kept open
                 self._draining = True
                 goaway = GoAwayFrame(stream_id=0, last_stream_id=screened.last_taken)
                 self.connection._prepare_for_sending([goaway])
                 await self._flush()
+
+        async def _deliver(
+            self, stream: Any, queue: asyncio.Queue[Any], event: DataReceived | StreamEnded
+        ) -> None:
+            """A piece of a request body (or its end) to the stream's app, in order, never
+            waiting here for room in its queue."""
+            stream_id = event.stream_id
+            item = (
+                (event.data, event.flow_controlled_length)
+                if isinstance(event, DataReceived)
+                else None
+            )
+            held = self._held.get(stream_id)
+            if held is None and not queue.full():
+                if item is None:
+                    await stream.handle(EndBody(stream_id=stream_id))
+                else:
+                    await stream.handle(Body(stream_id=stream_id, data=item[0]))
+                    self.connection.acknowledge_received_data(item[1], stream_id)
+                return
+            if held is None:
+                held = self._held[stream_id] = deque()
+                self._pumps[stream_id] = asyncio.get_running_loop().create_task(
+                    self._pump(stream, held)
+                )
+            held.append(item)
+
+        async def _pump(self, stream: Any, held: deque[tuple[bytes, int] | None]) -> None:
+            """Hand a stream's held body to its app as it makes room; acknowledge each
+            piece then, so that the client sends more only as the app takes it."""
+            stream_id = stream.stream_id
+            try:
+                while held:
+                    item = held[0]
+                    if item is None:
+                        await stream.handle(EndBody(stream_id=stream_id))
+                    else:
+                        await stream.handle(Body(stream_id=stream_id, data=item[0]))
+                    held.popleft()
+                    if item is not None:
+                        self.connection.acknowledge_received_data(item[1], stream_id)
+                        await self._flush()
+            finally:
+                if self._held.get(stream_id) is held:
+                    del self._held[stream_id]
+                    del self._pumps[stream_id]
+
+        def _let_go(self, stream_id: int) -> None:
+            """The stream ends (client reset, app gone, connection closed): its held body
+            is dropped (acknowledged, for the connection's window) and its queue emptied, so
+            that the disconnect hypercorn puts there never waits for room."""
+            pump = self._pumps.pop(stream_id, None)
+            held = self._held.pop(stream_id, None)
+            if pump is not None:
+                pump.cancel()
+            for item in held or ():
+                if item is not None:
+                    self.connection.acknowledge_received_data(item[1], stream_id)
+            queue = queue_of(self.streams.get(stream_id))
+            if queue is not None:
+                while not queue.empty():
+                    queue.get_nowait()
 
         def _answered(self, stream_id: int) -> None:
             """The app of ``stream_id`` has ended, the client still sends its body: once
@@ -344,6 +452,9 @@ def _mended(base: type[Any]) -> type[Any]:
                     self.connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
         async def handle(self, event: Any) -> None:
+            if isinstance(event, Closed):
+                for stream_id in list(self.streams):
+                    self._let_go(stream_id)
             await super().handle(event)
             if isinstance(event, Closed):
                 # A stream waiting for its body to drain would wait for ever: the send
@@ -353,14 +464,8 @@ def _mended(base: type[Any]) -> type[Any]:
 
         async def stream_send(self, event: Any) -> None:
             if isinstance(event, StreamClosed):
-                # The app has ended: nothing reads its queue of request messages any more,
-                # and a put waiting for room in it (hypercorn keeps 10) would hold this
-                # connection's reading for ever.
-                put = getattr(self.streams.get(event.stream_id), "app_put", None)
-                queue = getattr(put, "__self__", None)  # spawn_app hands out queue.put
-                if isinstance(queue, asyncio.Queue):
-                    while not queue.empty():
-                        queue.get_nowait()
+                # The app has ended: nothing reads its queue of request messages any more.
+                self._let_go(event.stream_id)
             if isinstance(event, StreamClosed) and not self.closed:
                 buffer = self.stream_buffers.get(event.stream_id)
                 if buffer is not None and not buffer._complete:  # the response did not end
@@ -436,9 +541,11 @@ def hypercorn_reliances() -> tuple[Reliance, ...]:
         Reliance(h2_protocol.H2Protocol, "closed", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "connection", "gateway._compat", instance=True),
         Reliance(h2_protocol.H2Protocol, "stream_buffers", "gateway._compat", instance=True),
-        # Each stream's queue of request messages (spawn_app hands out its put): emptied
-        # when the app ends, so that no put waits for room in it for ever.
+        # Each stream's queue of request messages (spawn_app hands out its put): bodies are
+        # handed to it as it has room, and it is emptied when the stream ends.
         Reliance(http_stream.HTTPStream, "app_put", "gateway._compat", instance=True),
+        Reliance(http_stream.HTTPStream, "handle", "gateway._compat", ("event",)),
+        Reliance(http_stream.HTTPStream, "stream_id", "gateway._compat", instance=True),
         Reliance(parts.worker_context, "__init__", why, ("max_requests",)),
         Reliance(parts.worker_context, "terminated", why + " drains on shutdown", instance=True),
         Reliance(parts.asgi_wrapper, "__init__", why, ("app",)),

@@ -574,6 +574,85 @@ async def test_a_body_without_content_length_is_held_to_the_body_limit(
     assert not [r for r in backend.requests if r["body_bytes"] > 1000]
 
 
+@pytest.mark.parametrize("cancel", [False, True], ids=["kept", "then-cancelled"])
+async def test_an_upload_a_backend_does_not_take_holds_back_no_other_stream(
+    gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext, cancel: bool
+) -> None:
+    """One stream's body waits for a backend that reads nothing: the client is held to
+    that stream's flow-control window, and the connection goes on serving its other
+    streams (main: hypercorn's reading of the whole connection waited for room in the
+    stalled stream's queue of 10 messages, so a GET on the same connection got nothing).
+    Cancelled by the client, the stream lets go of what it held."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def take_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # never reads: its socket buffers fill, then the proxy waits
+
+    stalled = await asyncio.start_server(take_nothing, "127.0.0.1", 0)
+    stalled_port = stalled.sockets[0].getsockname()[1]
+    routes = [
+        {"prefix": "/stall", "upstream": f"http://127.0.0.1:{stalled_port}"},
+        {"prefix": "/", "upstream": f"http://127.0.0.1:{backend.port}"},
+    ]
+    try:
+        async with gateway_factory("unused", routes=routes, **HTTP2) as url:
+            port = port_of(url)
+
+            def exchange() -> tuple[int, list[Any]]:
+                with h2_socket(port, client_ssl) as tls:
+                    conn = client_connection()
+                    tls.sendall(conn.data_to_send())
+                    read_events(tls, conn, settings_received)
+                    post = [(b":method", b"POST"), *request_headers(port, "/stall/up")[1:]]
+                    conn.send_headers(1, post)
+                    tls.sendall(conn.data_to_send())
+                    sent, quiet_since = 0, time.monotonic()
+                    # Send what the windows allow (1 KiB frames) until they stay shut.
+                    while sent < 64 * 1024 * 1024 and time.monotonic() - quiet_since < 1.5:
+                        room = min(conn.local_flow_control_window(1), 1024)
+                        if room <= 0:
+                            read_events(tls, conn, lambda ev: bool(ev), limit_s=0.1)
+                            continue
+                        conn.send_data(1, b"u" * room)
+                        try:
+                            tls.settimeout(2)
+                            tls.sendall(conn.data_to_send())
+                        except TimeoutError:
+                            break  # the gateway stopped reading altogether
+                        sent += room
+                        quiet_since = time.monotonic()
+                    if cancel:
+                        conn.reset_stream(1, h2_errors.ErrorCodes.CANCEL)
+                    conn.send_headers(3, request_headers(port, "/echo"), end_stream=True)
+                    with contextlib.suppress(TimeoutError):
+                        tls.sendall(conn.data_to_send())
+                    return sent, read_events(
+                        tls,
+                        conn,
+                        lambda ev: any(
+                            isinstance(e, h2_events.StreamEnded) and e.stream_id == 3
+                            for e in ev
+                        ),
+                        limit_s=5,
+                    )
+
+            try:
+                sent, events = await asyncio.to_thread(exchange)
+            finally:  # the proxy gives up on the backend, and the gateway can stop
+                for writer in held:
+                    writer.transport.abort()
+    finally:
+        stalled.close()
+    answered = [
+        dict(e.headers)[b":status"]
+        for e in events
+        if isinstance(e, h2_events.ResponseReceived) and e.stream_id == 3
+    ]
+    assert answered == [b"200"], (sent, events)
+    # Held to the window: what the backend's and the gateway's buffers took, not 64 MB.
+    assert sent < 32 * 1024 * 1024, sent
+
+
 def raw_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     head = struct.pack("!I", len(payload))[1:] + bytes([kind, flags])
     return head + struct.pack("!I", stream) + payload
