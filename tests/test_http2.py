@@ -630,8 +630,7 @@ async def test_an_upload_a_backend_does_not_take_holds_back_no_other_stream(
                         tls,
                         conn,
                         lambda ev: any(
-                            isinstance(e, h2_events.StreamEnded) and e.stream_id == 3
-                            for e in ev
+                            isinstance(e, h2_events.StreamEnded) and e.stream_id == 3 for e in ev
                         ),
                         limit_s=5,
                     )
