@@ -302,7 +302,6 @@ def _mended(base: type[Any]) -> type[Any]:
             # check is left for clients that ignore the limit by as much again.
             announced[SettingCodes.MAX_CONCURRENT_STREAMS] *= 2
             connection.local_settings = Settings(client=False, initial_values=announced)
-            # Read once per connection (absent when hypercorn serves another app here).
             self.connection.increment_flow_control_window(
                 connection_window - self.connection.inbound_flow_control_window
             )
@@ -316,10 +315,12 @@ def _mended(base: type[Any]) -> type[Any]:
                 end_stream(stream_id)
                 stream = self.connection.streams.get(stream_id)
                 if stream is not None and not stream.closed:
-                    self.connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+                    with contextlib.suppress(ProtocolError):  # the connection has ended
+                        self.connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
             self.connection.end_stream = end_stream_and_the_body
             self._held, self._pumps = {}, {}
+            # Read once per connection (absent when hypercorn serves another app here).
             self._max_requests = getattr(self.config, "gateway_max_requests", 2**62)
             per_s = getattr(self.config, "gateway_control_frames_per_s", 2**62)
             self._budget = FrameBudget(per_s, time.monotonic())

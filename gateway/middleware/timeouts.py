@@ -169,11 +169,11 @@ class TimeoutsMiddleware:
             self.send_timeout_s,
             self.watchdog,
         )
-        deadlines.watchdog.watch(deadlines)
+        self.watchdog.watch(deadlines)
         try:
-            await deadlines.run(self.app, deadlines.receive, deadlines.send)
+            await deadlines.run(self.app)
         finally:
-            deadlines.watchdog.unwatch(deadlines)
+            self.watchdog.unwatch(deadlines)
 
     async def _send_deadline_only(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Only the send deadline to keep: the request's deadlines are made, and watched,
@@ -243,10 +243,10 @@ class _Deadlines:
         self.expired_what = "request"
         self.response_started = False
 
-    async def run(self, app: ASGIApp, receive: Receive, send: Send) -> None:
+    async def run(self, app: ASGIApp) -> None:
         cancelling = self.task.cancelling()
         try:
-            await app(self.scope, receive if not self.body_done else self._receive, send)
+            await app(self.scope, self._receive if self.body_done else self.receive, self.send)
         except asyncio.CancelledError:
             if not await self.settle(cancelling):
                 raise
