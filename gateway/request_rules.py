@@ -21,7 +21,14 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Refusal", "body_may_lack_length", "check_head", "split_host", "valid_host"]
+__all__ = [
+    "Refusal",
+    "body_may_lack_length",
+    "check_head",
+    "declared_body_bytes",
+    "split_host",
+    "valid_host",
+]
 
 _NAME_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
 _MAX_HOST_BYTES = 255 + 1 + 5  # name, colon, port
@@ -42,6 +49,23 @@ def body_may_lack_length(http_version: str) -> bool:
     nor Transfer-Encoding: HTTP/2 and 3 end a body with its stream (END_STREAM), HTTP/1
     requests without either header have none (RFC 9112 section 6.3)."""
     return http_version not in ("1.0", "1.1")
+
+
+def declared_body_bytes(
+    headers: Iterable[tuple[bytes, bytes]], http_version: str = "1.1"
+) -> int | None:
+    """The announced body size: Content-Length, 0 without a body, None if not announced
+    (chunked, or an HTTP/2 or 3 body without Content-Length: counted as it streams)."""
+    length = None if body_may_lack_length(http_version) else 0
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return None  # the server refuses bad framing; if not, count the body
+    return length
 
 
 # The usual shapes, checked by one regular expression: a name or IPv4 address, a port.

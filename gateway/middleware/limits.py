@@ -22,13 +22,12 @@ through the ``websocket.http.response`` extension, else a close before accept).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.logs import get_logger
-from gateway.request_rules import body_may_lack_length
+from gateway.request_rules import declared_body_bytes
 from gateway.responses import send_text
 
 __all__ = ["RequestLimits", "RequestLimitsMiddleware", "declared_body_bytes", "head_refusal"]
@@ -52,23 +51,6 @@ class RequestLimits:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{key}: {value!r} is not a whole number >= 0")
-
-
-def declared_body_bytes(
-    headers: Iterable[tuple[bytes, bytes]], http_version: str = "1.1"
-) -> int | None:
-    """The announced body size: Content-Length, 0 without a body, None if not announced
-    (chunked, or an HTTP/2 or 3 body without Content-Length: counted as it streams)."""
-    length = None if body_may_lack_length(http_version) else 0
-    for name, value in headers:
-        if name == b"transfer-encoding":
-            return None
-        if name == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                return None  # the server refuses bad framing; if not, count the body
-    return length
 
 
 def head_refusal(

@@ -37,7 +37,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.logs import get_logger
-from gateway.request_rules import body_may_lack_length
+from gateway.request_rules import declared_body_bytes
 from gateway.responses import send_text
 from gateway.watchdog import Watchdog, tick_for
 
@@ -96,12 +96,7 @@ def check_deadlines(
 def has_request_body(headers: list[tuple[bytes, bytes]], http_version: str = "1.1") -> bool:
     """True if the request may have a body: chunked, a non-zero Content-Length, or an
     HTTP/2 or 3 request without Content-Length (its body ends with the stream)."""
-    length_seen = False
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-        length_seen = length_seen or name == b"content-length"
-    return not length_seen and body_may_lack_length(http_version)
+    return declared_body_bytes(headers, http_version) != 0
 
 
 def _check_timeout(key: str, value: float | None) -> float | None:
