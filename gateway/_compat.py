@@ -396,11 +396,7 @@ def _mended(base: type[Any]) -> type[Any]:
             )
             held = self._held.get(stream_id)
             if held is None and not queue.full():
-                if item is None:
-                    await stream.handle(EndBody(stream_id=stream_id))
-                else:
-                    await stream.handle(Body(stream_id=stream_id, data=item[0]))
-                    self.connection.acknowledge_received_data(item[1], stream_id)
+                await self._hand_on(stream, item)
                 return
             if held is None:
                 held = self._held[stream_id] = deque()
@@ -415,19 +411,22 @@ def _mended(base: type[Any]) -> type[Any]:
             stream_id = stream.stream_id
             try:
                 while held:
-                    item = held[0]
-                    if item is None:
-                        await stream.handle(EndBody(stream_id=stream_id))
-                    else:
-                        await stream.handle(Body(stream_id=stream_id, data=item[0]))
-                    held.popleft()
-                    if item is not None:
-                        self.connection.acknowledge_received_data(item[1], stream_id)
-                        await self._flush()
+                    await self._hand_on(stream, held[0])  # waits for room in the queue
+                    if held.popleft() is not None:
+                        await self._flush()  # the acknowledgement
             finally:
                 if self._held.get(stream_id) is held:
                     del self._held[stream_id]
                     del self._pumps[stream_id]
+
+        async def _hand_on(self, stream: Any, item: tuple[bytes, int] | None) -> None:
+            """One piece of a body (or its end: None) to the stream's app; a piece is
+            acknowledged once the app's queue has taken it."""
+            if item is None:
+                await stream.handle(EndBody(stream_id=stream.stream_id))
+                return
+            await stream.handle(Body(stream_id=stream.stream_id, data=item[0]))
+            self.connection.acknowledge_received_data(item[1], stream.stream_id)
 
         def _let_go(self, stream_id: int) -> None:
             """The stream ends (client reset, app gone, connection closed): its held body
