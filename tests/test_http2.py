@@ -574,6 +574,36 @@ async def test_a_body_without_content_length_is_held_to_the_body_limit(
     assert not [r for r in backend.requests if r["body_bytes"] > 1000]
 
 
+def send_until_held(tls: ssl.SSLSocket, conn: Any, stream: int, frame_bytes: int) -> int:
+    """Send ``stream``'s body as fast as the windows allow until they stay shut for 1.5 s
+    (or the gateway stops reading altogether, or 64 MB went): the bytes sent."""
+    sent, quiet_since = 0, time.monotonic()
+    while sent < 64 * 1024 * 1024 and time.monotonic() - quiet_since < 1.5:
+        room = min(conn.local_flow_control_window(stream), frame_bytes)
+        if room <= 0:
+            read_events(tls, conn, lambda ev: bool(ev), limit_s=0.1)
+            continue
+        conn.send_data(stream, b"u" * room)
+        try:
+            tls.settimeout(2)
+            tls.sendall(conn.data_to_send())
+        except TimeoutError:
+            break  # the gateway stopped reading altogether
+        sent += room
+        quiet_since = time.monotonic()
+    return sent
+
+
+async def stalled_backend() -> tuple[asyncio.Server, list[asyncio.StreamWriter]]:
+    """A backend that accepts and never reads (its writers, to abort at the end)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def take_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # never reads: its socket buffers fill, then the proxy waits
+
+    return await asyncio.start_server(take_nothing, "127.0.0.1", 0), held
+
+
 @pytest.mark.parametrize("cancel", [False, True], ids=["kept", "then-cancelled"])
 async def test_an_upload_a_backend_does_not_take_holds_back_no_other_stream(
     gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext, cancel: bool
@@ -583,12 +613,7 @@ async def test_an_upload_a_backend_does_not_take_holds_back_no_other_stream(
     streams (main: hypercorn's reading of the whole connection waited for room in the
     stalled stream's queue of 10 messages, so a GET on the same connection got nothing).
     Cancelled by the client, the stream lets go of what it held."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def take_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)  # never reads: its socket buffers fill, then the proxy waits
-
-    stalled = await asyncio.start_server(take_nothing, "127.0.0.1", 0)
+    stalled, held = await stalled_backend()
     stalled_port = stalled.sockets[0].getsockname()[1]
     routes = [
         {"prefix": "/stall", "upstream": f"http://127.0.0.1:{stalled_port}"},
@@ -606,21 +631,7 @@ async def test_an_upload_a_backend_does_not_take_holds_back_no_other_stream(
                     post = [(b":method", b"POST"), *request_headers(port, "/stall/up")[1:]]
                     conn.send_headers(1, post)
                     tls.sendall(conn.data_to_send())
-                    sent, quiet_since = 0, time.monotonic()
-                    # Send what the windows allow (1 KiB frames) until they stay shut.
-                    while sent < 64 * 1024 * 1024 and time.monotonic() - quiet_since < 1.5:
-                        room = min(conn.local_flow_control_window(1), 1024)
-                        if room <= 0:
-                            read_events(tls, conn, lambda ev: bool(ev), limit_s=0.1)
-                            continue
-                        conn.send_data(1, b"u" * room)
-                        try:
-                            tls.settimeout(2)
-                            tls.sendall(conn.data_to_send())
-                        except TimeoutError:
-                            break  # the gateway stopped reading altogether
-                        sent += room
-                        quiet_since = time.monotonic()
+                    sent = send_until_held(tls, conn, 1, frame_bytes=1024)
                     if cancel:
                         conn.reset_stream(1, h2_errors.ErrorCodes.CANCEL)
                     conn.send_headers(3, request_headers(port, "/echo"), end_stream=True)
@@ -650,6 +661,74 @@ async def test_an_upload_a_backend_does_not_take_holds_back_no_other_stream(
     assert answered == [b"200"], (sent, events)
     # Held to the window: what the backend's and the gateway's buffers took, not 64 MB.
     assert sent < 32 * 1024 * 1024, sent
+
+
+async def test_stalled_uploads_cancelled_again_and_again_leave_nothing_behind(
+    gateway_factory: GatewayFactory, backend: Backend, client_ssl: ssl.SSLContext
+) -> None:
+    """What users repeat: five uploads in a row on one connection, each stalled by a
+    backend that reads nothing until the gateway holds its body, then cancelled, each
+    followed by a GET that is answered. Afterwards the gateway's tasks (the streams'
+    pumps among them) and file descriptors are back where they were."""
+    stalled, held = await stalled_backend()
+    routes = [
+        {"prefix": "/stall", "upstream": f"http://127.0.0.1:{stalled.sockets[0].getsockname()[1]}"},
+        {"prefix": "/", "upstream": f"http://127.0.0.1:{backend.port}"},
+    ]
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    try:
+        async with gateway_factory("unused", routes=routes, **HTTP2) as url:
+            port = port_of(url)
+            async with httpx.AsyncClient(http2=True, verify=client_ssl) as client:
+                assert (await client.get(f"{url}/echo")).status_code == 200  # warm: pools
+            await asyncio.sleep(0.5)
+            tasks, before = len(asyncio.all_tasks()), fds()
+
+            def rounds() -> list[bytes]:
+                statuses = []
+                with h2_socket(port, client_ssl) as tls:
+                    conn = client_connection()
+                    tls.sendall(conn.data_to_send())
+                    read_events(tls, conn, settings_received)
+                    for upload in range(1, 20, 4):
+                        post = [(b":method", b"POST"), *request_headers(port, "/stall/up")[1:]]
+                        conn.send_headers(upload, post)
+                        send_until_held(tls, conn, upload, frame_bytes=16384)
+                        conn.reset_stream(upload, h2_errors.ErrorCodes.CANCEL)
+                        conn.send_headers(
+                            upload + 2, request_headers(port, "/echo"), end_stream=True
+                        )
+                        tls.sendall(conn.data_to_send())
+                        events = read_events(
+                            tls,
+                            conn,
+                            lambda ev, s=upload + 2: any(
+                                isinstance(e, h2_events.StreamEnded) and e.stream_id == s
+                                for e in ev
+                            ),
+                            limit_s=5,
+                        )
+                        statuses += [
+                            dict(e.headers)[b":status"]
+                            for e in events
+                            if isinstance(e, h2_events.ResponseReceived)
+                        ]
+                return statuses
+
+            statuses = await asyncio.to_thread(rounds)
+            for writer in held:
+                writer.transport.abort()
+            await eventually(lambda: len(asyncio.all_tasks()) <= tasks, 10)
+            await eventually(lambda: fds() <= before + 2, 10)
+    finally:
+        for writer in held:
+            writer.transport.abort()
+        stalled.close()
+    assert statuses == [b"200"] * 5
+    assert len(held) == 5  # each upload reached the backend
 
 
 def raw_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
