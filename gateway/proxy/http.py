@@ -30,9 +30,9 @@ from gateway.proxy.forwarding import (
     strip_root_path,
 )
 from gateway.proxy.websocket import WebSocketProxy
-from gateway.request_rules import body_may_lack_length
+from gateway.request_rules import declared_body_bytes
 from gateway.responses import send_text
-from gateway.transport import UpstreamTransport
+from gateway.transport import ResponseStream, UpstreamTransport
 from gateway.upstream import Peer, Upstream, client_address, may_retry
 
 __all__ = ["DEFAULT_TIMEOUT", "UPSTREAM_ERROR_STATE_KEY", "ReverseProxy"]
@@ -188,7 +188,7 @@ class ReverseProxy:
         self,
         scope: Scope,
         endpoint: _Endpoint,
-        body: _RequestBody | None,
+        body: httpx.AsyncByteStream,
         chunked: bool,
     ) -> httpx.Request:
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
@@ -212,28 +212,38 @@ class ReverseProxy:
             scope["method"],
             endpoint.origin_url,
             headers=headers,
-            stream=body if body is not None else httpx.ByteStream(b""),
+            stream=body,
             extensions=extensions,
         )
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, pool: Upstream) -> None:
         """Forward to the target the policy picks; move on to the next one where safe."""
-        if self.max_body_bytes is not None and _declared_length(scope) > self.max_body_bytes:
+        version = scope.get("http_version", "1.1")
+        declared = declared_body_bytes(scope["headers"], version)
+        limit = self.max_body_bytes
+        if declared is not None and limit is not None and declared > limit:
             await send_text(scope, send, 413)
             return
         client_ip = client_address(scope) if pool.balance == "ip_hash" else None
-        framing = _body_framing(scope["headers"])
-        first: Message | None = None
-        if framing is None and body_may_lack_length(scope.get("http_version", "1.1")):
-            # HTTP/2 and 3 frame a body by END_STREAM, with no Content-Length needed: the
-            # first message tells whether there is one (at once for a HEADERS frame that
-            # ended the stream); it goes on chunked, as nginx does unbuffered.
-            first = await receive()
-            if first.get("body") or first.get("more_body") or first["type"] != "http.request":
-                framing = b"chunked"
-        # One body stream for every attempt: it knows whether the client's bytes started
+        # Most bodies come whole in the first message: they go out from memory, in one
+        # write with the head, and can be sent again to another target. Any other body
+        # is one stream for every attempt: it knows whether the client's bytes started
         # to flow, after which the request can no longer be replayed elsewhere.
-        body = None if framing is None else _RequestBody(receive, self.max_body_bytes, first)
+        body: _RequestBody | None = None
+        content = b""
+        if declared != 0:  # HTTP/2 and 3 without Content-Length: the first message tells
+            first = await receive()
+            if first["type"] != "http.request":
+                return  # the client left before its body came
+            if first.get("more_body", False):
+                body = _RequestBody(receive, limit, first)
+            else:
+                content = first.get("body", b"")
+                if limit is not None and len(content) > limit:
+                    await send_text(scope, send, 413)
+                    return
+        # A streamed body of unknown length goes on chunked, as nginx does unbuffered.
+        chunked = body is not None and declared is None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + pool.try_timeout_s
         tried: list[int] = []
@@ -244,7 +254,8 @@ class ReverseProxy:
                 break
             tried.append(peer.index)
             endpoint = self._endpoints[peer.index]
-            request = self._build_request(scope, endpoint, body, framing == b"chunked")
+            stream = body if body is not None else httpx.ByteStream(content)
+            request = self._build_request(scope, endpoint, stream, chunked)
             try:
                 response = await pool.transport.handle_async_request(request)
             except RequestBodyTooLarge:
@@ -350,7 +361,9 @@ class ReverseProxy:
             if first is None:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            if len(first) == _content_length(headers):
+            if len(first) == _content_length(headers) or (
+                isinstance(stream, ResponseStream) and stream.complete
+            ):
                 # The whole body in one chunk: no second read, no disconnect watcher.
                 await send({"type": "http.response.body", "body": first, "more_body": False})
                 return
@@ -428,27 +441,6 @@ async def _stream_rest(chunks: AsyncIterator[bytes], receive: Receive, send: Sen
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-
-
-def _declared_length(scope: Scope) -> int:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return 0
-    return 0
-
-
-def _body_framing(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-    """``b"length"``, ``b"chunked"``, or None for a request without a body."""
-    framing = None
-    for name, value in headers:
-        if name == b"transfer-encoding":
-            return b"chunked"
-        if name == b"content-length" and value.strip() != b"0":
-            framing = b"length"
-    return framing
 
 
 def _public_base(scope: Scope) -> str | None:

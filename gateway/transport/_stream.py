@@ -87,6 +87,11 @@ class ResponseStream(httpx.AsyncByteStream):
         self.wake()
 
     @property
+    def complete(self) -> bool:
+        """Whether the whole body has been received and handed out: nothing more comes."""
+        return self._done and not self._chunks
+
+    @property
     def wait_started(self) -> float | None:
         """Loop time at which the consumer began waiting, or None if it does not wait."""
         return None if self._waiter is None else self._wait_started

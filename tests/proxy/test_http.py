@@ -7,11 +7,14 @@ import hashlib
 import json
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from starlette.types import Message, Receive
 
+from gateway import ReverseProxy
 from tests.conftest import GatewayFactory, header_values
 from tests.servers import (
     Backend,
@@ -407,3 +410,131 @@ async def test_failures_are_logged_without_credentials_or_query(
     assert f"127.0.0.1:{port}" in logged  # the detail an operator needs is there
     assert "/private" in logged
     assert "s3cr3t" not in logged
+
+
+@pytest.mark.parametrize(
+    ("framing", "body"),
+    [
+        (b"Transfer-Encoding: chunked", b"3\r\nok\n\r\n0\r\n\r\n"),
+        (b"Content-Length: 3", b"ok\n"),
+    ],
+)
+async def test_a_body_received_whole_is_one_final_message(framing: bytes, body: bytes) -> None:
+    """A response whose body (chunked or not) came whole with its head is sent in one go.
+
+    No second message and no watcher for the client's disconnect: the exchange ends
+    with the first body message.
+    """
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n\r\n" + body)
+        await writer.drain()
+        await reader.read()
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client neither sends nor leaves
+        raise AssertionError("unreachable")
+
+    async with raw_server(handler) as port:
+        sent = await call_proxy(f"http://127.0.0.1:{port}", direct_scope("GET"), receive)
+    assert sent[0]["status"] == 200
+    assert [(m["body"], m.get("more_body", False)) for m in sent[1:]] == [(b"ok\n", False)]
+
+
+@pytest.mark.parametrize(
+    ("version", "framing"),
+    [
+        ("1.1", b"content-length"),
+        ("1.1", b"transfer-encoding"),
+        ("2", b"content-length"),
+        ("2", None),  # HTTP/2 ends a body with its stream
+    ],
+)
+async def test_a_request_body_received_whole_goes_out_with_its_head(
+    version: str, framing: bytes | None
+) -> None:
+    """A body whole in the first message is written with the head, from memory: no task
+    of its own, and framed by Content-Length (nginx's buffered request body)."""
+    received: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head = await read_request_head(reader)
+            received.append(head + await reader.readexactly(5000))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    headers = []
+    if framing == b"content-length":
+        headers.append((framing, b"5000"))
+    elif framing is not None:
+        headers.append((framing, b"chunked"))
+    messages = [{"type": "http.request", "body": b"x" * 5000, "more_body": False}]
+
+    async def receive() -> Message:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    loop = asyncio.get_running_loop()
+    created: list[object] = []
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        created.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async with raw_server(handler) as port:
+        proxy = ReverseProxy(f"http://127.0.0.1:{port}")
+        scope = direct_scope("POST", headers, version)
+        await proxy(scope, receive, lambda message: asyncio.sleep(0))  # a connection to reuse
+        messages.append({"type": "http.request", "body": b"x" * 5000, "more_body": False})
+        loop.set_task_factory(counting)
+        try:
+            sent = await call_proxy(proxy, scope, receive)
+        finally:
+            loop.set_task_factory(None)
+            await proxy.aclose()
+    assert [m.get("body") for m in sent[1:]] == [b"ok"]
+    assert created == []
+    head, _, body = received[-1].partition(b"\r\n\r\n")
+    assert body == b"x" * 5000
+    assert b"\r\ncontent-length: 5000" in head.lower()
+    assert b"transfer-encoding" not in head.lower()
+
+
+def direct_scope(
+    method: str, headers: list[tuple[bytes, bytes]] | None = None, version: str = "1.1"
+) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "http_version": version,
+        "scheme": "http",
+        "method": method,
+        "root_path": "",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "headers": [(b"host", b"example.test"), *(headers or [])],
+        "client": ("127.0.0.1", 40000),
+    }
+
+
+async def call_proxy(
+    upstream: str | ReverseProxy, scope: dict[str, Any], receive: Receive
+) -> list[Message]:
+    """Messages a `ReverseProxy` (or one made for the URL ``upstream``) sends for ``scope``."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    proxy = upstream if isinstance(upstream, ReverseProxy) else ReverseProxy(upstream)
+    try:
+        async with asyncio.timeout(5):
+            await proxy(scope, receive, send)
+    finally:
+        if proxy is not upstream:
+            await proxy.aclose()
+    return sent
