@@ -24,6 +24,7 @@ from gateway._compat import (
     RequestResponseCycle,
     WebSocketsSansIOProtocol,
 )
+from gateway.held_writes import HeldWrites
 from gateway.middleware.timeouts import FLOW_EXTENSION
 from gateway.proxy.websocket_rules import FRAGMENT_OVERHEAD_BYTES
 from gateway.refusals import refused
@@ -342,6 +343,8 @@ class HTTPProtocol(HttpToolsProtocol):
       a byte came) and the connection is closed.
     - httptools buffers a header field of any size before the app can judge it;
       a head over ``max_head_bytes`` gets 431 and the connection is closed.
+    - A response's head goes out with the first piece of its body, in one write
+      (``gateway.held_writes``), where uvicorn writes each on its own.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -356,6 +359,7 @@ class HTTPProtocol(HttpToolsProtocol):
         self._awaiting_head = True
         self._in_body = False
         self._refusal: Refusal | None = None
+        self._writes: HeldWrites | None = None
 
     def _watch_head(self) -> None:
         if self._head_since is None and self._watchdog is not None:
@@ -380,13 +384,20 @@ class HTTPProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             return True  # a request is being answered; its own timeouts apply
         if self._head_bytes:
+            self._flush()
             self.transport.write(_HEAD_TIMEOUT_RESPONSE)
         self.transport.close()
         return True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._writes = HeldWrites(transport, self.loop)
         self._watch_head()
+
+    def _flush(self) -> None:
+        """Before writing to the transport directly: what a cycle holds goes first."""
+        if self._writes is not None:
+            self._writes.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._unwatch_head()
@@ -404,6 +415,7 @@ class HTTPProtocol(HttpToolsProtocol):
             and not self.transport.is_closing()
         ):
             self._unwatch_head()
+            self._flush()
             self.transport.write(_HEAD_TOO_LARGE_RESPONSE)
             self.transport.close()
 
@@ -430,14 +442,21 @@ class HTTPProtocol(HttpToolsProtocol):
         if refusal is not None:
             self._refusal = refusal
             raise _RefusedHead  # httptools stops; uvicorn calls send_400_response
+        self._flush()  # a pipelined response's last write, before an upgrade's 101
         super().on_headers_complete()
         self._in_body = True
+        if self.cycle is not None and self._writes is not None:
+            self.cycle.transport = self._writes  # type: ignore[assignment]
         if self.scope.get("http_version") == "1.0" and self.cycle is not None:
             self.cycle.__class__ = _Http10Cycle
 
     def on_message_complete(self) -> None:
         self._in_body = False
         super().on_message_complete()
+
+    def shutdown(self) -> None:
+        self._flush()  # uvicorn closes an idle connection at once
+        super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's answer to anything httptools refused, or to a head we refused.
@@ -446,6 +465,7 @@ class HTTPProtocol(HttpToolsProtocol):
         refused(refusal.reason, client, "from %s: %s", client, refusal.message.strip())
         body = refusal.message.encode()
         phrase = {400: b"Bad Request", 505: b"HTTP Version Not Supported"}[refusal.status]
+        self._flush()
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
@@ -455,6 +475,8 @@ class HTTPProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._writes is not None:
+            self._writes.hold_next()  # the next response's head
         # The next request's head: counted (and timed) from its first byte on.
         self._awaiting_head = True
         self._head_bytes = 0
