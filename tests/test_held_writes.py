@@ -129,8 +129,7 @@ async def test_responses_keep_their_bytes_and_order_through_the_protocol() -> No
         )
         received = await exchange(
             port,
-            pipelined
-            + b"POST /continue HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+            pipelined + b"POST /continue HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
             b"content-length: 2\r\n\r\n",
             b"100 Continue\r\n\r\n",
             then=b"hi" + b"GET /close HTTP/1.1\r\nhost: x\r\n\r\n",
