@@ -107,6 +107,9 @@ RELIES_ON: tuple[Reliance, ...] = (
     Reliance(RequestResponseCycle, "on_response", _CYCLE, instance=True),
     Reliance(RequestResponseCycle, "disconnected", _CYCLE, instance=True),
     Reliance(RequestResponseCycle, "scope", _CYCLE, instance=True),
+    # Every write, close and is_closing of a response goes through the cycle's transport.
+    Reliance(RequestResponseCycle, "transport", _HTTP + " holds a head back", instance=True),
+    Reliance(HttpToolsProtocol, "shutdown", _HTTP + " flushes first", ()),
     # uvicorn's websockets-sansio protocol: pausing, pings, fragments, refusals, logs.
     Reliance(WebSocketsSansIOProtocol, "send", _WS, ("message",)),
     Reliance(WebSocketsSansIOProtocol, "send_receive_event_to_app", _WS, ()),
