@@ -411,6 +411,25 @@ async def test_request_whose_body_flowed_is_not_retried(
     assert_no_active(upstream)
 
 
+async def test_a_body_that_came_whole_is_replayed_for_an_idempotent_retry(
+    client: httpx.AsyncClient,
+) -> None:
+    """A body whole in its first message is kept in memory (nginx's buffered body): a PUT
+    whose backend failed after taking part of it goes to the next target whole. A POST is
+    never sent twice."""
+    async with raw_server(dies_mid_request) as port, named_backends("a") as (a,):
+        upstream = Upstream([f"http://127.0.0.1:{port}", a.url], max_fails=5)
+        async with serve_gateway(upstream) as gateway:
+            # Round robin: the POST, then the second PUT go to the failing backend first.
+            post = await client.post(f"{gateway}/upload", content=b"z" * 5000)
+            puts = [await client.put(f"{gateway}/upload", content=b"z" * 5000) for _ in "12"]
+    assert post.status_code == 502
+    assert [(put.status_code, put.text) for put in puts] == [(200, "a /upload 5000")] * 2
+    assert a.hits == 2
+    assert [status.selected for status in upstream.status()] == [2, 2]
+    assert_no_active(upstream)
+
+
 async def answers_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Reads the request head, then closes without a response."""
     await read_request_head(reader)
