@@ -110,6 +110,7 @@ RELIES_ON: tuple[Reliance, ...] = (
     # Every write, close and is_closing of a response goes through the cycle's transport.
     Reliance(RequestResponseCycle, "transport", _HTTP + " holds a head back", instance=True),
     Reliance(HttpToolsProtocol, "shutdown", _HTTP + " flushes first", ()),
+    Reliance(HttpToolsProtocol, "handle_websocket_upgrade", _HTTP + " flushes first", ()),
     # uvicorn's websockets-sansio protocol: pausing, pings, fragments, refusals, logs.
     Reliance(WebSocketsSansIOProtocol, "send", _WS, ("message",)),
     Reliance(WebSocketsSansIOProtocol, "send_receive_event_to_app", _WS, ()),

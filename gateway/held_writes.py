@@ -23,42 +23,41 @@ class HeldWrites:
     overtakes what is held.
     """
 
-    __slots__ = ("_flush_handle", "_held", "_holding", "_loop", "transport")
+    __slots__ = ("_held", "_holding", "_loop", "transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self.transport = transport
         self._loop = loop
         self._holding = True  # a connection's first write is a response head
-        self._held: bytes | None = None
-        self._flush_handle: asyncio.Handle | None = None
+        # The held write and its flush at the end of the step.
+        self._held: tuple[bytes, asyncio.Handle] | None = None
 
     def hold_next(self) -> None:
         """Hold the next write (the next response's head)."""
         self._holding = True
 
     def write(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-                self._flush_handle = None
-            self.transport.writelines((held, data))
+        if self._held is not None:
+            self.transport.writelines((self._take(), data))
         elif self._holding:
             self._holding = False
-            self._held = data
-            self._flush_handle = self._loop.call_soon(self.flush)
+            self._held = (data, self._loop.call_soon(self.flush))
         else:
             self.transport.write(data)
 
     def flush(self) -> None:
         """Write what is held, now (nothing if the connection is closing)."""
-        held, self._held = self._held, None
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if held is not None and not self.transport.is_closing():
-            self.transport.write(held)
+        if self._held is not None:
+            held = self._take()
+            if not self.transport.is_closing():
+                self.transport.write(held)
+
+    def _take(self) -> bytes:
+        """What is held, no longer held (its flush at the step's end called off)."""
+        assert self._held is not None
+        (held, flush), self._held = self._held, None
+        flush.cancel()
+        return held
 
     def close(self) -> None:
         self.flush()

@@ -359,7 +359,7 @@ class HTTPProtocol(HttpToolsProtocol):
         self._awaiting_head = True
         self._in_body = False
         self._refusal: Refusal | None = None
-        self._writes: HeldWrites | None = None
+        self._writes: HeldWrites  # from connection_made on
 
     def _watch_head(self) -> None:
         if self._head_since is None and self._watchdog is not None:
@@ -396,8 +396,7 @@ class HTTPProtocol(HttpToolsProtocol):
 
     def _flush(self) -> None:
         """Before writing to the transport directly: what a cycle holds goes first."""
-        if self._writes is not None:
-            self._writes.flush()
+        self._writes.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._unwatch_head()
@@ -442,10 +441,9 @@ class HTTPProtocol(HttpToolsProtocol):
         if refusal is not None:
             self._refusal = refusal
             raise _RefusedHead  # httptools stops; uvicorn calls send_400_response
-        self._flush()  # a pipelined response's last write, before an upgrade's 101
         super().on_headers_complete()
         self._in_body = True
-        if self.cycle is not None and self._writes is not None:
+        if self.cycle is not None:
             self.cycle.transport = self._writes  # type: ignore[assignment]
         if self.scope.get("http_version") == "1.0" and self.cycle is not None:
             self.cycle.__class__ = _Http10Cycle
@@ -457,6 +455,10 @@ class HTTPProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         self._flush()  # uvicorn closes an idle connection at once
         super().shutdown()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._flush()  # a pipelined response's last write goes before the handshake's answer
+        super().handle_websocket_upgrade()
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's answer to anything httptools refused, or to a head we refused.
@@ -475,8 +477,7 @@ class HTTPProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self._writes is not None:
-            self._writes.hold_next()  # the next response's head
+        self._writes.hold_next()  # the next response's head
         # The next request's head: counted (and timed) from its first byte on.
         self._awaiting_head = True
         self._head_bytes = 0

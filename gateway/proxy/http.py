@@ -242,6 +242,7 @@ class ReverseProxy:
                 if limit is not None and len(content) > limit:
                     await send_text(scope, send, 413)
                     return
+        stream = body if body is not None else httpx.ByteStream(content)
         # A streamed body of unknown length goes on chunked, as nginx does unbuffered.
         chunked = body is not None and declared is None
         loop = asyncio.get_running_loop()
@@ -254,7 +255,6 @@ class ReverseProxy:
                 break
             tried.append(peer.index)
             endpoint = self._endpoints[peer.index]
-            stream = body if body is not None else httpx.ByteStream(content)
             request = self._build_request(scope, endpoint, stream, chunked)
             try:
                 response = await pool.transport.handle_async_request(request)
@@ -361,9 +361,8 @@ class ReverseProxy:
             if first is None:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            if len(first) == _content_length(headers) or (
-                isinstance(stream, ResponseStream) and stream.complete
-            ):
+            whole = isinstance(stream, ResponseStream) and stream.complete
+            if whole or len(first) == _content_length(headers):
                 # The whole body in one chunk: no second read, no disconnect watcher.
                 await send({"type": "http.response.body", "body": first, "more_body": False})
                 return
