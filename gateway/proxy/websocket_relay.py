@@ -101,6 +101,8 @@ class _Pipe:
         "_final",
         "_head",
         "_in_message",
+        "_mask_bit",
+        "_mask_bytes",
         "_message_bytes",
         "_pending",
         "_remaining",
@@ -119,6 +121,8 @@ class _Pipe:
         self.relay = relay
         self.sink = sink
         self.from_client = from_client  # frames from a client are masked, a server's not
+        self._mask_bit = 0x80 if from_client else 0
+        self._mask_bytes = 4 if from_client else 0
         self._remaining = 0
         self._head = b""
         self._control: bytearray | None = None
@@ -174,18 +178,21 @@ class _Pipe:
             self.discarding = True
 
     def feed(self, data: bytes) -> None:
-        # The common case first: the data is one whole, small, unfragmented message.
-        if self._plain and len(data) >= 2:
+        # The common case first: the data is one whole unfragmented message of less than
+        # 64 KiB (7- or 16-bit length), forwarded as the very bytes object that came.
+        size = len(data)
+        if size >= 2 and self._plain and not self._in_message:
             first, second = data[0], data[1]
-            length = second & 0x7F
+            length, head = second & 0x7F, 2
+            if length == 126 and size >= 4:
+                length, head = (data[2] << 8) | data[3], 4
             if (
                 first & 0xF0 == 0x80  # FIN, no reserved bits
                 and 0 < first & 0x0F < 3  # text or binary
-                and (second & 0x80 == 0x80) is self.from_client
-                and length < 126
-                and len(data) == length + (6 if self.from_client else 2)
+                and second & 0x7F != 127  # a 64-bit length: the general path
+                and second & 0x80 == self._mask_bit  # masked from a client, not from a server
+                and size == head + self._mask_bytes + length
                 and length <= self.relay.max_message_bytes
-                and not self._in_message
             ):
                 self.messages += 1
                 self.bytes += length

@@ -28,12 +28,14 @@ class FakeTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.written = bytearray()
+        self.writes: list[Any] = []  # the objects written, as they were passed
         self.closed = False
         self.aborted = False
         self.paused = False
         self.protocol: asyncio.BaseProtocol | None = None
 
     def write(self, data: Any) -> None:
+        self.writes.append(data)
         self.written += bytes(data)
 
     def is_closing(self) -> bool:
@@ -143,14 +145,51 @@ async def test_frames_pass_byte_for_byte_however_the_stream_is_cut(
     assert (relay._down.messages, relay._down.bytes) == (2, 900)
 
 
-async def test_a_64_bit_length_frame_passes(
-    relay_pair: tuple[Relay, FakeTransport, FakeTransport],
+@pytest.mark.parametrize("size", [1, 125, 126, 128, 1000])
+@pytest.mark.parametrize("masked", [True, False])
+async def test_a_whole_message_in_one_read_is_forwarded_as_the_bytes_that_came(
+    relay_pair: tuple[Relay, FakeTransport, FakeTransport], size: int, masked: bool
 ) -> None:
-    relay, client, _ = relay_pair
+    # What a WebSocket echo does all the time: one read, one message (7- or 16-bit
+    # length), one write of the very bytes object read - no view, no copy.
+    relay, client, backend = relay_pair
+    pipe, sink = (relay._up, backend) if masked else (relay._down, client)
+    data = frame(Opcode.TEXT, b"m" * size, masked=masked)
+    pipe.feed(data)
+    pipe.feed(data)
+    assert len(sink.writes) == 2
+    assert sink.writes[0] is data
+    assert sink.writes[1] is data
+    assert (pipe.messages, pipe.bytes) == (2, 2 * size)
+
+
+# 129 and 133 bytes: a 64-bit length's head and the start of its payload are as long as
+# a whole 127-byte message with a 7-bit length (server frame, client frame).
+@pytest.mark.parametrize("cut", [129, 133, 4096])
+@pytest.mark.parametrize("masked", [True, False])
+async def test_a_64_bit_length_frame_passes(
+    relay_pair: tuple[Relay, FakeTransport, FakeTransport], cut: int, masked: bool
+) -> None:
+    relay, client, backend = relay_pair
+    pipe, sink = (relay._up, backend) if masked else (relay._down, client)
     relay.max_message_bytes = 100_000
-    data = frame(Opcode.BINARY, b"z" * 70_000, masked=False)
-    feed_in_pieces(relay._down.feed, data, 4096)
-    assert bytes(client.written) == data
+    data = frame(Opcode.BINARY, b"z" * 70_000, masked=masked)
+    feed_in_pieces(pipe.feed, data + data, cut)
+    assert bytes(sink.written) == data + data
+    assert (pipe.messages, pipe.bytes) == (2, 140_000)
+    assert not relay._ending
+
+
+@pytest.mark.parametrize("masked", [True, False])
+async def test_a_whole_message_over_the_limit_in_one_read_is_not_forwarded(
+    relay_pair: tuple[Relay, FakeTransport, FakeTransport], masked: bool
+) -> None:
+    relay, client, backend = relay_pair
+    pipe, sink = (relay._up, backend) if masked else (relay._down, client)
+    pipe.feed(frame(Opcode.BINARY, b"b" * 1001, masked=masked))  # the limit is 1000
+    assert relay.stats.detail == "message too big"
+    close = (Opcode.CLOSE, True, struct.pack("!H", 1009) + b"message too big")
+    assert parse(bytes(sink.written), masked=masked) == [close]
 
 
 async def test_a_message_over_the_limit_closes_both_legs_with_1009(
