@@ -6,6 +6,7 @@ as uvicorn delivers them and as httpx and ASGI ``send`` accept them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -113,17 +114,19 @@ def strip_hop_by_hop(
     protected: frozenset[bytes] = frozenset(),
 ) -> Headers:
     """Remove hop-by-hop headers, ``drop``, and those named in Connection but ``protected``."""
-    headers = list(headers)
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    named -= protected
-    return [
-        (name, value)
-        for name, value in headers
-        if name not in HOP_BY_HOP_HEADERS and name not in named and name not in drop
-    ]
+    headers = headers if isinstance(headers, list) else list(headers)
+    removed = _union(HOP_BY_HOP_HEADERS, drop)
+    nominated = [value for name, value in headers if name == b"connection"]
+    if nominated:
+        named = {token.strip().lower() for value in nominated for token in value.split(b",")}
+        removed = removed | (named - protected)
+    return [header for header in headers if header[0] not in removed]
+
+
+@functools.lru_cache(maxsize=256)
+def _union(*sets: frozenset[bytes]) -> frozenset[bytes]:
+    """The union of ``sets``, made once per combination (they are constants and settings)."""
+    return frozenset().union(*sets)
 
 
 def _is_trusted(address: str | None, trusted: Sequence[IPNetwork]) -> bool:
@@ -184,19 +187,24 @@ def request_headers(
     without Host or when the route overrides it.
     """
     trusted = _is_trusted(peer, options.trusted_proxies)
-    drop = REQUEST_ONLY_DROPPED | FORWARDING_HEADERS
-    if not trusted:
-        drop |= options.strip_untrusted
-    incoming = list(headers)
-    out = strip_hop_by_hop(incoming, drop, PROTECTED_REQUEST_HEADERS | options.protected)
-    if not options.keep_underscores and any(b"_" in name for name, _ in out):
+    if trusted:
+        drop = _union(REQUEST_ONLY_DROPPED, FORWARDING_HEADERS)
+    else:
+        drop = _union(REQUEST_ONLY_DROPPED, FORWARDING_HEADERS, options.strip_untrusted)
+    incoming = headers if isinstance(headers, list) else list(headers)
+    out = strip_hop_by_hop(incoming, drop, _union(PROTECTED_REQUEST_HEADERS, options.protected))
+    if not options.keep_underscores and b"_" in b"".join([name for name, _ in out]):
         out = [(name, value) for name, value in out if b"_" not in name]
         refused("underscore_header", peer, "dropped a header name with '_' from %s", peer)
     old = {name: value for name, value in incoming if name in FORWARDING_HEADERS}
-    xff = [value for name, value in incoming if name == b"x-forwarded-for"]
+    xff = [value for name, value in incoming if name == b"x-forwarded-for"] if old else []
     chain, real_ip = client_chain(peer, xff, options.trusted_proxies)
 
-    host = next((value for name, value in out if name == b"host"), None)
+    host = None
+    for name, value in out:
+        if name == b"host":
+            host = value
+            break
     if options.host is not None or host is None:
         host = options.host.encode("latin-1") if options.host is not None else upstream_host
         out = [(name, value) for name, value in out if name != b"host"]
@@ -244,7 +252,7 @@ def response_headers(
     ``public_base`` (nginx ``proxy_redirect default``).
     """
     # Clients of httpx see names as the backend spelled them; ASGI wants lower case.
-    out = strip_hop_by_hop(((name.lower(), value) for name, value in headers), drop)
+    out = strip_hop_by_hop([(name.lower(), value) for name, value in headers], drop)
     if upstream_base is not None and public_base is not None:
         out = [
             (name, rewrite_location(value, upstream_base, public_base))
