@@ -107,6 +107,11 @@ class ForwardingOptions:
     # read X_Forwarded_For as HTTP_X_FORWARDED_FOR, beside the gateway's X-Forwarded-For.
     keep_underscores: bool = False
 
+    def __post_init__(self) -> None:
+        # Any set of names will do for a caller; the rules keep them as frozensets.
+        object.__setattr__(self, "protected", frozenset(self.protected))
+        object.__setattr__(self, "strip_untrusted", frozenset(self.strip_untrusted))
+
 
 def strip_hop_by_hop(
     headers: Iterable[tuple[bytes, bytes]],

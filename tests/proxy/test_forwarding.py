@@ -53,6 +53,16 @@ def request(headers: list[tuple[bytes, bytes]], peer: str = "203.0.113.7", **opt
     )
 
 
+def test_options_take_any_set_of_names() -> None:
+    # The rules cache their unions of name sets: a caller's plain sets are frozen first.
+    headers = [(b"connection", b"x-tenant, x-other"), (b"x-tenant", b"a"), (b"x-other", b"b")]
+    for _ in range(2):
+        out = request(headers, protected={b"x-tenant"}, strip_untrusted={b"x-forwarded-port"})
+        assert [(n, v) for n, v in out if n.startswith(b"x-t") or n == b"x-other"] == [
+            (b"x-tenant", b"a")
+        ]
+
+
 def test_untrusted_peer_forwarding_headers_are_replaced() -> None:
     out = dict(
         request(
