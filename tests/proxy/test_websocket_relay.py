@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Opcode
 
-from gateway.proxy.websocket_relay import Relay, _mask, close_frame, control_frame
+from gateway.proxy.websocket_relay import Relay, _mask, _Pipe, close_frame, control_frame
 from gateway.proxy.websocket_rules import FRAGMENT_OVERHEAD_BYTES
 from tests.conftest import GatewayFactory
 
@@ -145,6 +145,14 @@ async def test_frames_pass_byte_for_byte_however_the_stream_is_cut(
     assert (relay._down.messages, relay._down.bytes) == (2, 900)
 
 
+def leg(
+    relay_pair: tuple[Relay, FakeTransport, FakeTransport], *, masked: bool
+) -> tuple[_Pipe, FakeTransport]:
+    """The pipe of a client's (masked) or a server's frames, and where it writes."""
+    relay, client, backend = relay_pair
+    return (relay._up, backend) if masked else (relay._down, client)
+
+
 @pytest.mark.parametrize("size", [1, 125, 126, 128, 1000])
 @pytest.mark.parametrize("masked", [True, False])
 async def test_a_whole_message_in_one_read_is_forwarded_as_the_bytes_that_came(
@@ -152,8 +160,7 @@ async def test_a_whole_message_in_one_read_is_forwarded_as_the_bytes_that_came(
 ) -> None:
     # What a WebSocket echo does all the time: one read, one message (7- or 16-bit
     # length), one write of the very bytes object read - no view, no copy.
-    relay, client, backend = relay_pair
-    pipe, sink = (relay._up, backend) if masked else (relay._down, client)
+    pipe, sink = leg(relay_pair, masked=masked)
     data = frame(Opcode.TEXT, b"m" * size, masked=masked)
     pipe.feed(data)
     pipe.feed(data)
@@ -170,8 +177,8 @@ async def test_a_whole_message_in_one_read_is_forwarded_as_the_bytes_that_came(
 async def test_a_64_bit_length_frame_passes(
     relay_pair: tuple[Relay, FakeTransport, FakeTransport], cut: int, masked: bool
 ) -> None:
-    relay, client, backend = relay_pair
-    pipe, sink = (relay._up, backend) if masked else (relay._down, client)
+    pipe, sink = leg(relay_pair, masked=masked)
+    relay = pipe.relay
     relay.max_message_bytes = 100_000
     data = frame(Opcode.BINARY, b"z" * 70_000, masked=masked)
     feed_in_pieces(pipe.feed, data + data, cut)
@@ -184,10 +191,9 @@ async def test_a_64_bit_length_frame_passes(
 async def test_a_whole_message_over_the_limit_in_one_read_is_not_forwarded(
     relay_pair: tuple[Relay, FakeTransport, FakeTransport], masked: bool
 ) -> None:
-    relay, client, backend = relay_pair
-    pipe, sink = (relay._up, backend) if masked else (relay._down, client)
+    pipe, sink = leg(relay_pair, masked=masked)
     pipe.feed(frame(Opcode.BINARY, b"b" * 1001, masked=masked))  # the limit is 1000
-    assert relay.stats.detail == "message too big"
+    assert pipe.relay.stats.detail == "message too big"
     close = (Opcode.CLOSE, True, struct.pack("!H", 1009) + b"message too big")
     assert parse(bytes(sink.written), masked=masked) == [close]
 
