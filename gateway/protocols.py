@@ -359,7 +359,9 @@ class HTTPProtocol(HttpToolsProtocol):
         self._awaiting_head = True
         self._in_body = False
         self._refusal: Refusal | None = None
-        self._writes: HeldWrites  # from connection_made on
+        # The cycles write through it (from connection_made on); before the protocol writes
+        # to the transport directly, it is flushed: what a cycle holds goes first.
+        self._writes: HeldWrites
 
     def _watch_head(self) -> None:
         if self._head_since is None and self._watchdog is not None:
@@ -384,7 +386,7 @@ class HTTPProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             return True  # a request is being answered; its own timeouts apply
         if self._head_bytes:
-            self._flush()
+            self._writes.flush()
             self.transport.write(_HEAD_TIMEOUT_RESPONSE)
         self.transport.close()
         return True
@@ -393,10 +395,6 @@ class HTTPProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._writes = HeldWrites(transport, self.loop)
         self._watch_head()
-
-    def _flush(self) -> None:
-        """Before writing to the transport directly: what a cycle holds goes first."""
-        self._writes.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._unwatch_head()
@@ -414,7 +412,7 @@ class HTTPProtocol(HttpToolsProtocol):
             and not self.transport.is_closing()
         ):
             self._unwatch_head()
-            self._flush()
+            self._writes.flush()
             self.transport.write(_HEAD_TOO_LARGE_RESPONSE)
             self.transport.close()
 
@@ -453,11 +451,11 @@ class HTTPProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def shutdown(self) -> None:
-        self._flush()  # uvicorn closes an idle connection at once
+        self._writes.flush()  # uvicorn closes an idle connection at once
         super().shutdown()
 
     def handle_websocket_upgrade(self) -> None:
-        self._flush()  # a pipelined response's last write goes before the handshake's answer
+        self._writes.flush()  # a pipelined response's last write goes before the handshake's answer
         super().handle_websocket_upgrade()
 
     def send_400_response(self, msg: str) -> None:
@@ -467,7 +465,7 @@ class HTTPProtocol(HttpToolsProtocol):
         refused(refusal.reason, client, "from %s: %s", client, refusal.message.strip())
         body = refusal.message.encode()
         phrase = {400: b"Bad Request", 505: b"HTTP Version Not Supported"}[refusal.status]
-        self._flush()
+        self._writes.flush()
         self.transport.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
