@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -428,3 +429,19 @@ async def test_demo_drains_the_gateway_before_its_backend_stops(tmp_path: Path) 
         assert await asyncio.wait_for(process.wait(), 20) == 0
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1001, "server shutdown")
+
+
+def test_the_collector_is_settled_for_a_long_running_server() -> None:
+    """What start-up built is frozen out of the collector's scans, and young collections
+    wait for more than the objects a few dozen requests hold while in flight."""
+    from gateway.server import YOUNG_GC_THRESHOLD, settle_collector
+
+    before = gc.get_threshold()
+    try:
+        settle_collector()
+        assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert before[0] < YOUNG_GC_THRESHOLD
