@@ -14,7 +14,8 @@ What still applies, from frame headers alone:
 - the message limit (payload bytes of a message, fragments summed, each continuation
   frame counting ``FRAGMENT_OVERHEAD_BYTES`` more): 1009 both ways;
 - protocol errors a relay can see (reserved bits or opcodes, a wrongly masked frame, a
-  continuation out of place, an oversized or fragmented control frame): 1002 both ways;
+  continuation out of place, an oversized or fragmented control frame): 1002 both ways,
+  and the leg at fault has its connection closed right after its close frame;
 - the idle timeout (no data frame either way): 1001 both ways;
 - keepalive pings from the gateway to each leg (their pongs are taken out, the others'
   pings and pongs pass); no pong within the timeout ends the session (1011);
@@ -107,6 +108,7 @@ class _Pipe:
         "_pending",
         "_remaining",
         "bytes",
+        "close_sink",
         "closed",
         "discarding",
         "finished",
@@ -134,6 +136,9 @@ class _Pipe:
         self.finished = False  # a close frame was queued for the sink: nothing after it
         self.gateway_close = False  # ... and it was the gateway's own
         self.discarding = False  # the close frame was written: frames are not forwarded
+        # The sink failed the protocol: its connection is closed once the close frame is
+        # out, without waiting for a reply (RFC 6455 7.1.7, "Fail the WebSocket Connection").
+        self.close_sink = False
         self.closed = False  # the source sent its close frame
         self.messages = 0
         self.bytes = 0
@@ -156,14 +161,19 @@ class _Pipe:
             return
         self.finished, self.gateway_close = True, gateway
         if self.at_boundary():
-            self._write(close)
-            self.discarding = True
+            self._write_final(close)
         else:
             self._final = close
 
     def _write(self, data: bytes | memoryview) -> None:
         if not self.sink.is_closing():
             self.sink.write(data)
+
+    def _write_final(self, close: bytes) -> None:
+        self._write(close)
+        self.discarding = True
+        if self.close_sink and not self.sink.is_closing():
+            self.sink.close()  # after what was written
 
     def _boundary(self) -> None:
         """At a frame boundary: write what waited for one."""
@@ -173,9 +183,8 @@ class _Pipe:
                     self._write(frame)
             self._pending.clear()
         if self._final is not None:
-            self._write(self._final)
-            self._final = None
-            self.discarding = True
+            final, self._final = self._final, None
+            self._write_final(final)
 
     def feed(self, data: bytes) -> None:
         # The common case first: the data is one whole unfragmented message of less than
@@ -522,6 +531,7 @@ class Relay:
     def _protocol_error(self, pipe: _Pipe, problem: str) -> None:
         leg = "client" if pipe.from_client else "backend"
         self.stats.detail = f"protocol error from the {leg}: {problem}"
+        (self._down if pipe.from_client else self._up).close_sink = True  # the leg at fault
         self._end(CloseCode.PROTOCOL_ERROR, "protocol error", CloseCode.PROTOCOL_ERROR,
                   "protocol error")  # fmt: skip
 

@@ -263,10 +263,27 @@ async def test_protocol_errors_close_both_legs_with_1002(
     assert parse(bytes(client.written), masked=False)[-1][:2] == (Opcode.CLOSE, True)
     assert parse(bytes(client.written), masked=False)[-1][2][:2] == struct.pack("!H", 1002)
     assert parse(bytes(backend.written), masked=True)[-1][2][:2] == struct.pack("!H", 1002)
-    # Nothing answers: the close timeout drops both connections.
+    # The client failed the protocol: its connection is closed once the close frame is
+    # out, not left for a reply (RFC 6455 7.1.7; Autobahn case 7.3.6).
+    assert client.closed
+    assert not backend.is_closing()  # the backend did nothing wrong: its reply is awaited
+    # Nothing answers: the close timeout drops the backend's connection.
     await asyncio.wait_for(relay.done, 2)
-    assert client.aborted
     assert backend.aborted
+
+
+async def test_a_protocol_error_from_the_backend_closes_its_connection(
+    relay_pair: tuple[Relay, FakeTransport, FakeTransport],
+) -> None:
+    relay, client, backend = relay_pair
+    relay._down.feed(frame(Opcode.PING, b"x" * 126, masked=False))
+    assert relay.stats.detail == "protocol error from the backend: bad control frame"
+    assert parse(bytes(backend.written), masked=True)[-1][2][:2] == struct.pack("!H", 1002)
+    assert backend.closed
+    assert parse(bytes(client.written), masked=False)[-1][2][:2] == struct.pack("!H", 1002)
+    relay._up.feed(frame(Opcode.CLOSE, struct.pack("!H", 1002), masked=True))  # the reply
+    await asyncio.wait_for(relay.done, 1)
+    assert client.closed
 
 
 async def test_a_close_passes_and_its_reply_ends_the_session(
