@@ -399,7 +399,7 @@ def plain_server(
 
 # Young collections wait for this many more tracked objects (containers, coroutines)
 # allocated than freed; CPython's default is 700.
-YOUNG_GC_THRESHOLD = 10_000
+YOUNG_GC_THRESHOLD = 2_000
 
 
 def settle_collector() -> None:
@@ -409,10 +409,12 @@ def settle_collector() -> None:
     process: it is kept out of the collector's scans, whose full passes over it otherwise
     show up as tens of milliseconds of tail latency under load. A request in flight holds
     a few dozen tracked objects (its scope, messages, coroutines), freed by reference
-    counting when it ends; at the default threshold 32 concurrent requests crossed it
-    every 33 requests, and each young collection walked every object in flight (3% of
-    the CPU of small GETs; none at this threshold). Only cyclic garbage makes the count
-    grow for good, so this many such objects at most wait for a collection.
+    counting when it ends; at CPython's threshold of 700, 32 concurrent requests crossed
+    it every 33 requests, and each young collection walked every object in flight (3% of
+    the CPU of small GETs; 3 collections in 70,000 GETs at 2,000). Higher is not better:
+    connections leave cyclic garbage (transports, TLS objects) that only a collection
+    frees - at 10,000 a 30 s soak of TLS requests and WebSocket sessions grew by 30 MB,
+    at 2,000 by 4 MB as at 700 (tests/robustness/test_soak.py).
     """
     gc.collect()
     gc.freeze()
