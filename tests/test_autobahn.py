@@ -9,8 +9,8 @@ frame relay (the default, for clients that negotiate no extension) and the bridg
 (``relay = false``; with compression every session takes it).
 
 The suite's cases 1-7, 9 and 10 run here whole; of 12 and 13 (compression, about 8
-minutes whole, dominated by the largest messages) every parameter set with messages of
-up to 1 KiB. ``bench/autobahn`` runs all of 1-10 and 12-13 (README: WebSocket fidelity).
+minutes whole, dominated by the largest messages) every payload kind and parameter set
+with messages of up to 1 KiB. ``bench/autobahn`` runs all of 1-10 and 12-13 (README: WebSocket fidelity).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ WSTEST = ROOT / ".venv-autobahn" / "bin" / "wstest"
 ECHO = Path(__file__).with_name("autobahn_echo.py")
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 
-# Of 12 (5 parameter sets) and 13 (7), cases x.y.1-x.y.4: 1,000 messages of 16 B to
-# 1 KiB each.
+# Of 12 (5 kinds of payload) and 13 (7 sets of compression parameters), cases
+# x.y.1-x.y.4: 1,000 compressed messages of 16, 64, 256 and 1,024 bytes.
 CASES = [
     *(f"{group}.*" for group in (1, 2, 3, 4, 5, 6, 7, 9, 10)),
     *(f"12.{part}.{number}" for part in range(1, 6) for number in range(1, 5)),
