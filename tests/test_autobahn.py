@@ -10,7 +10,8 @@ frame relay (the default, for clients that negotiate no extension) and the bridg
 
 The suite's cases 1-7, 9 and 10 run here whole; of 12 and 13 (compression, about 8
 minutes whole, dominated by the largest messages) every payload kind and parameter set
-with messages of up to 1 KiB. ``bench/autobahn`` runs all of 1-10 and 12-13 (README: WebSocket fidelity).
+with messages of up to 1 KiB. ``bench/autobahn`` runs all of 1-10 and 12-13 (README:
+WebSocket fidelity).
 """
 
 from __future__ import annotations
