@@ -37,6 +37,7 @@ from tests.proxy.ws_servers import ws_backend
 from tests.robustness.helpers import converse, parse_responses, port_of
 from tests.servers import (
     Backend,
+    eventually,
     free_port,
     gateway_process,
     parse_response,
@@ -178,6 +179,50 @@ async def test_fragment_flood_is_refused_like_a_big_message(
     close = answer[answer.index(b"\x88") :]
     assert struct.unpack("!H", close[2:4])[0] == 1009, answer
     assert grown < 8 * MiB, (sent, grown)
+
+
+def break_the_protocol(port: int, client_ssl: ssl.SSLContext) -> tuple[bytes, bool]:
+    """Send a frame with a reserved opcode and never answer; (what came back, whether the
+    gateway closed the connection within 5 s - its close timeout is 10 s)."""
+    with raw_websocket(port, client_ssl) as tls:
+        tls.sendall(masked(0x3, b""))
+        tls.settimeout(5)
+        answer = b""
+        try:
+            while chunk := tls.recv(4096):
+                answer += chunk
+        except (TimeoutError, OSError):
+            return answer, False
+        return answer, True
+
+
+def gateway_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def test_clients_that_break_the_protocol_are_dropped_each_time(
+    tmp_path: Path, cert_pair: CertificatePair, client_ssl: ssl.SSLContext
+) -> None:
+    # RFC 6455 7.1.7: failing the connection is a close frame, then the TCP connection
+    # closed - not held open for a reply a broken client may never send (Autobahn 7.3.6).
+    # Done many times over: the gateway's descriptors and the backend's sessions return.
+    port = free_port()
+    async with ws_backend() as backend:
+        config = gateway_config(tmp_path, backend.url, cert_pair)
+        args = [*GATEWAY, "run", "-c", str(config), "--pid-file", str(tmp_path / "pid")]
+        env = {"GATEWAY_LISTEN__PORT": str(port), "GATEWAY_STATE_DIR": str(tmp_path)}
+        async with gateway_process(args, port, env) as process:
+            await asyncio.to_thread(break_the_protocol, port, client_ssl)  # warm-up
+            await eventually(lambda: len(backend.closes) == 1)
+            fds_before = gateway_fds(process.pid)
+            for _ in range(30):
+                answer, dropped = await asyncio.to_thread(break_the_protocol, port, client_ssl)
+                assert answer[:1] == b"\x88", answer  # a close frame, unmasked
+                assert struct.unpack("!H", answer[2:4])[0] == 1002, answer
+                assert dropped, "the gateway waited for the client's close reply"
+            await eventually(lambda: len(backend.closes) == 31)
+            await eventually(lambda: gateway_fds(process.pid) <= fds_before)
+    assert {code for code, _ in backend.closes} == {1002}
 
 
 def stalled_reader(port: int, client_ssl: ssl.SSLContext, wait_s: float) -> tuple[float, bytes]:
