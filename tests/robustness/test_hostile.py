@@ -14,8 +14,9 @@ import ssl
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from gateway.routing import Route, Router
 from gateway.settings import Settings
 from gateway.tls import CertificatePair, RedirectToHttps
 from tests.conftest import GatewayFactory
-from tests.proxy.ws_servers import ws_backend
+from tests.proxy.ws_servers import RecordingBackend, ws_backend
 from tests.robustness.helpers import converse, parse_responses, port_of
 from tests.servers import (
     Backend,
@@ -89,6 +90,19 @@ def raw_websocket(port: int, client_ssl: ssl.SSLContext) -> Iterator[ssl.SSLSock
         tls.close()
 
 
+def read_to_end(tls: ssl.SSLSocket, timeout_s: float) -> tuple[bytes, bool]:
+    """What the peer sends until it closes; (the bytes, True if it closed before
+    ``timeout_s`` passed without data)."""
+    tls.settimeout(timeout_s)
+    answer = b""
+    try:
+        while chunk := tls.recv(4096):
+            answer += chunk
+    except (TimeoutError, OSError):
+        return answer, False
+    return answer, True
+
+
 def flood(tls: ssl.SSLSocket, block: bytes, total: int, budget_s: float) -> int:
     """Send ``block`` until ``total`` bytes went out, the peer stops taking them for 2 s,
     or ``budget_s`` passes; returns the bytes sent."""
@@ -114,6 +128,26 @@ def gateway_config(tmp_path: Path, backend_url: str, pair: CertificatePair) -> P
     return config
 
 
+@dataclass
+class Relayed:
+    """``gateway run`` over TLS (the frame relay) in front of a recording echo backend."""
+
+    backend: RecordingBackend
+    port: int
+    pid: int
+
+
+@pytest.fixture
+async def relayed(tmp_path: Path, cert_pair: CertificatePair) -> AsyncIterator[Relayed]:
+    port = free_port()
+    async with ws_backend() as backend:
+        config = gateway_config(tmp_path, backend.url, cert_pair)
+        args = [*GATEWAY, "run", "-c", str(config), "--pid-file", str(tmp_path / "pid")]
+        env = {"GATEWAY_LISTEN__PORT": str(port), "GATEWAY_STATE_DIR": str(tmp_path)}
+        async with gateway_process(args, port, env) as process:
+            yield Relayed(backend, port, process.pid)
+
+
 def ping_flood(port: int, client_ssl: ssl.SSLContext, pid: int) -> tuple[int, int]:
     """Flood pings without reading; (bytes sent, gateway RSS growth)."""
     with raw_websocket(port, client_ssl) as tls:
@@ -135,26 +169,14 @@ def fragment_flood(
         tls.sendall(masked(0x1, b"x", fin=False))
         fragments = masked(0x0, payload, fin=False) * 10_000
         sent = flood(tls, fragments, 900_000 * 7, 30)
-        tls.settimeout(5)
-        answer = b""
-        try:
-            while chunk := tls.recv(4096):
-                answer += chunk
-        except (TimeoutError, OSError):
-            pass
+        answer, _ = read_to_end(tls, 5)
         return sent, rss_bytes(pid) - before, answer
 
 
 async def test_ping_flood_from_a_client_that_never_reads_holds_no_memory(
-    tmp_path: Path, cert_pair: CertificatePair, client_ssl: ssl.SSLContext
+    relayed: Relayed, client_ssl: ssl.SSLContext
 ) -> None:
-    port = free_port()
-    async with ws_backend() as backend:
-        config = gateway_config(tmp_path, backend.url, cert_pair)
-        args = [*GATEWAY, "run", "-c", str(config), "--pid-file", str(tmp_path / "pid")]
-        env = {"GATEWAY_LISTEN__PORT": str(port), "GATEWAY_STATE_DIR": str(tmp_path)}
-        async with gateway_process(args, port, env) as process:
-            sent, grown = await asyncio.to_thread(ping_flood, port, client_ssl, process.pid)
+    sent, grown = await asyncio.to_thread(ping_flood, relayed.port, client_ssl, relayed.pid)
     print(f"\nping flood: {sent / MiB:.1f} MiB of pings sent, gateway RSS +{grown / MiB:.1f} MiB")
     # main grew by 77-122 MiB for 131 MB of pings; now the client is stopped early.
     assert grown < 8 * MiB, (sent, grown)
@@ -162,17 +184,11 @@ async def test_ping_flood_from_a_client_that_never_reads_holds_no_memory(
 
 @pytest.mark.parametrize("payload", [b"x", b""], ids=["one-byte", "empty"])
 async def test_fragment_flood_is_refused_like_a_big_message(
-    payload: bytes, tmp_path: Path, cert_pair: CertificatePair, client_ssl: ssl.SSLContext
+    payload: bytes, relayed: Relayed, client_ssl: ssl.SSLContext
 ) -> None:
-    port = free_port()
-    async with ws_backend() as backend:
-        config = gateway_config(tmp_path, backend.url, cert_pair)
-        args = [*GATEWAY, "run", "-c", str(config), "--pid-file", str(tmp_path / "pid")]
-        env = {"GATEWAY_LISTEN__PORT": str(port), "GATEWAY_STATE_DIR": str(tmp_path)}
-        async with gateway_process(args, port, env) as process:
-            sent, grown, answer = await asyncio.to_thread(
-                fragment_flood, port, client_ssl, process.pid, payload
-            )
+    sent, grown, answer = await asyncio.to_thread(
+        fragment_flood, relayed.port, client_ssl, relayed.pid, payload
+    )
     print(f"\nfragment flood: {sent / MiB:.1f} MiB sent, gateway RSS +{grown / MiB:.1f} MiB")
     # A close frame with 1009 (message too big), and little memory held meanwhile.
     assert b"\x88" in answer
@@ -186,14 +202,7 @@ def break_the_protocol(port: int, client_ssl: ssl.SSLContext) -> tuple[bytes, bo
     gateway closed the connection within 5 s - its close timeout is 10 s)."""
     with raw_websocket(port, client_ssl) as tls:
         tls.sendall(masked(0x3, b""))
-        tls.settimeout(5)
-        answer = b""
-        try:
-            while chunk := tls.recv(4096):
-                answer += chunk
-        except (TimeoutError, OSError):
-            return answer, False
-        return answer, True
+        return read_to_end(tls, 5)
 
 
 def gateway_fds(pid: int) -> int:
@@ -201,27 +210,22 @@ def gateway_fds(pid: int) -> int:
 
 
 async def test_clients_that_break_the_protocol_are_dropped_each_time(
-    tmp_path: Path, cert_pair: CertificatePair, client_ssl: ssl.SSLContext
+    relayed: Relayed, client_ssl: ssl.SSLContext
 ) -> None:
     # RFC 6455 7.1.7: failing the connection is a close frame, then the TCP connection
     # closed - not held open for a reply a broken client may never send (Autobahn 7.3.6).
     # Done many times over: the gateway's descriptors and the backend's sessions return.
-    port = free_port()
-    async with ws_backend() as backend:
-        config = gateway_config(tmp_path, backend.url, cert_pair)
-        args = [*GATEWAY, "run", "-c", str(config), "--pid-file", str(tmp_path / "pid")]
-        env = {"GATEWAY_LISTEN__PORT": str(port), "GATEWAY_STATE_DIR": str(tmp_path)}
-        async with gateway_process(args, port, env) as process:
-            await asyncio.to_thread(break_the_protocol, port, client_ssl)  # warm-up
-            await eventually(lambda: len(backend.closes) == 1)
-            fds_before = gateway_fds(process.pid)
-            for _ in range(30):
-                answer, dropped = await asyncio.to_thread(break_the_protocol, port, client_ssl)
-                assert answer[:1] == b"\x88", answer  # a close frame, unmasked
-                assert struct.unpack("!H", answer[2:4])[0] == 1002, answer
-                assert dropped, "the gateway waited for the client's close reply"
-            await eventually(lambda: len(backend.closes) == 31)
-            await eventually(lambda: gateway_fds(process.pid) <= fds_before)
+    backend = relayed.backend
+    await asyncio.to_thread(break_the_protocol, relayed.port, client_ssl)  # warm-up
+    await eventually(lambda: len(backend.closes) == 1)
+    fds_before = gateway_fds(relayed.pid)
+    for _ in range(30):
+        answer, dropped = await asyncio.to_thread(break_the_protocol, relayed.port, client_ssl)
+        assert answer[:1] == b"\x88", answer  # a close frame, unmasked
+        assert struct.unpack("!H", answer[2:4])[0] == 1002, answer
+        assert dropped, "the gateway waited for the client's close reply"
+    await eventually(lambda: len(backend.closes) == 31)
+    await eventually(lambda: gateway_fds(relayed.pid) <= fds_before)
     assert {code for code, _ in backend.closes} == {1002}
 
 
