@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in scenarios:
             print(f"{s.id:18} {s.title}")
         print("targets:", ", ".join(ALL_TARGETS))
+        print("extra targets (with --targets):", ", ".join(EXTRA_TARGETS))
         return 0
     profile = make_profile(args)
     out_dir = args.out or (WORK_DIR / "results-quick" if args.quick else BENCH_DIR / "results")
@@ -278,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
                     n += 1
                     if start_failures.get(target.name, 0) >= MAX_START_FAILURES:
                         continue
-                    if scenario.kind == "h2" and not target.speaks_h2:
-                        continue  # no HTTP/2 there: the cell stays empty (n/a)
+                    if not target.serves(scenario.kind):
+                        continue  # no HTTP/2 (or no WebSocket) there: the cell stays n/a
                     cell = run_cell(procs, target, scenario, profile, bk, rnd)
                     cells.append(cell)
                     if cell["start_failed"]:

@@ -80,6 +80,10 @@ class Target:
     # open the files a scenario needs: see measure.workers_for).
     workers = 1
 
+    def serves(self, kind: str) -> bool:
+        """Whether the target runs scenarios of ``kind`` (the cell stays n/a otherwise)."""
+        return kind != "h2" or self.speaks_h2
+
     def variant(self, tls: bool) -> str:
         """The configuration a start uses: plain, tls, or h2 (TLS with HTTP/2 on)."""
         return "h2" if self.http2 else "tls" if tls else "plain"
@@ -417,9 +421,20 @@ class FastapiProxyLib(UvicornPeer):
     module = "fastapi_proxy_lib_app"
 
 
+class Floor(UvicornPeer):
+    """The least a proxy can do under uvicorn (bench/peers/floor_app.py): HTTP/1.1 only."""
+
+    name = "floor"
+    module = "floor_app"
+
+    def serves(self, kind: str) -> bool:
+        return kind == "http"
+
+
 ALL_TARGETS = ("direct", "gateway", "nginx", "asgiproxy", "fastapi-proxy-lib")
-# Not in the default run: the cost of the middleware stack and of an upstream pool.
-EXTRA_TARGETS = ("gateway-bare", "gateway-pool", "gateway-bridge")
+# Not in the default run: the cost of the middleware stack and of an upstream pool, the
+# frame relay's gain, and the floor under every Python proxy's HTTP figures.
+EXTRA_TARGETS = ("gateway-bare", "gateway-pool", "gateway-bridge", "floor")
 
 
 def make_targets(
@@ -434,6 +449,7 @@ def make_targets(
         "gateway-bare": GatewayBare(gateway_cmd, live=gateway_live),
         "gateway-pool": GatewayPool(gateway_cmd, live=gateway_live),
         "gateway-bridge": GatewayBridge(gateway_cmd, live=gateway_live),
+        "floor": Floor(),
     }
     return [table[n] for n in names]
 
