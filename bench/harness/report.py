@@ -1,4 +1,4 @@
-"""Medians over rounds, ratios to direct and to nginx, the budget of issue 3; markdown + JSON."""
+"""Medians over rounds, ratios to direct and nginx, the budget of issues 3 and 21; md + JSON."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def ratios(table: Table, reference: str) -> Table:
     return out
 
 
-# --- the performance budget of issue 3 ---------------------------------------------------
+# --- the performance budget of issues 3 and 21 ------------------------------------------
 
 
 def budget(table: Table) -> list[dict[str, Any]]:
@@ -118,7 +118,58 @@ def budget(table: Table) -> list[dict[str, Any]]:
             lambda v, b: v < b,
             "MiB",
         )
+    # Issue 21: a fraction of the CPU, uploads ahead of every peer, small idle sessions.
+    for sid, name in (("ws-echo-1", "1 session"), ("ws-echo-64", "64 sessions")):
+        check(
+            f"WS echo {name}: msg per proxy CPU-s >= 2x asgiproxy",
+            get(sid, "msgs_per_cpu_s", "gateway"),
+            _times(get(sid, "msgs_per_cpu_s", "asgiproxy"), 2),
+            lambda v, b: v >= b,
+            "msg/CPU-s",
+        )
+    for sid, name in (("post-64k-plain", "plain"), ("post-64k-tls", "TLS")):
+        check(
+            f"POST 64 KiB {name}: req/s >= 1.3x asgiproxy",
+            get(sid, "req_per_s", "gateway"),
+            _times(get(sid, "req_per_s", "asgiproxy"), 1.3),
+            lambda v, b: v >= b,
+            "req/s",
+        )
+        check(
+            f"POST 64 KiB {name}: p99 <= asgiproxy",
+            get(sid, "p99_ms", "gateway"),
+            get(sid, "p99_ms", "asgiproxy"),
+            lambda v, b: v <= b,
+            "ms",
+        )
+    for sid, name in (("get-small-plain", "plain"), ("get-small-tls", "TLS")):
+        check(
+            f"GET small {name}: req/s >= 2x asgiproxy",
+            get(sid, "req_per_s", "gateway"),
+            _times(get(sid, "req_per_s", "asgiproxy"), 2),
+            lambda v, b: v >= b,
+            "req/s",
+        )
+        check(
+            f"GET small {name}: the default stack costs <= 20% of gateway-bare's req/CPU-s",
+            get(sid, "req_per_cpu_s", "gateway"),
+            _times(get(sid, "req_per_cpu_s", "gateway-bare"), 0.8),
+            lambda v, b: v >= b,
+            "req/CPU-s",
+        )
+    for sid in ("ws-idle", "ws-idle-many"):
+        check(
+            f"Idle WS sessions ({sid}): <= 24 KiB per session",
+            get(sid, "kib_per_session", "gateway"),
+            24.0,
+            lambda v, b: v <= b,
+            "KiB",
+        )
     return checks
+
+
+def _times(value: float | None, factor: float) -> float | None:
+    return value * factor if value is not None else None
 
 
 # --- markdown ----------------------------------------------------------------------------
@@ -234,7 +285,7 @@ def markdown(result: dict[str, Any], scenarios: list[Scenario]) -> str:
         )
     lines += [
         "",
-        "## Performance budget of the gateway (issue 3)",
+        "## Performance budget of the gateway (issues 3 and 21)",
         "",
         "| requirement | gateway | bound | holds |",
         "|---|---:|---:|:---:|",
