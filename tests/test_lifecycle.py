@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from gateway.control import read_report, report_path
 from gateway.tls import CertificatePair
+from tests.robustness.helpers import open_fds
 from tests.servers import (
     Backend,
     QuietServer,
@@ -72,10 +73,6 @@ class CountingBackend:
             yield self.server.sockets[0].getsockname()[1]
         finally:
             self.server.close()
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 async def status(admin: str) -> dict[str, Any]:

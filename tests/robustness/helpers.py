@@ -82,8 +82,9 @@ def parse_responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     return responses
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds(pid: int | None = None) -> int:
+    """The open file descriptors of process ``pid`` (None: this one)."""
+    return len(os.listdir(f"/proc/{'self' if pid is None else pid}/fd"))
 
 
 async def settle(

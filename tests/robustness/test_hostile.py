@@ -35,7 +35,7 @@ from gateway.settings import Settings
 from gateway.tls import CertificatePair, RedirectToHttps
 from tests.conftest import GatewayFactory
 from tests.proxy.ws_servers import RecordingBackend, ws_backend
-from tests.robustness.helpers import converse, parse_responses, port_of
+from tests.robustness.helpers import converse, open_fds, parse_responses, port_of
 from tests.servers import (
     Backend,
     eventually,
@@ -205,10 +205,6 @@ def break_the_protocol(port: int, client_ssl: ssl.SSLContext) -> tuple[bytes, bo
         return read_to_end(tls, 5)
 
 
-def gateway_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 async def test_clients_that_break_the_protocol_are_dropped_each_time(
     relayed: Relayed, client_ssl: ssl.SSLContext
 ) -> None:
@@ -218,14 +214,14 @@ async def test_clients_that_break_the_protocol_are_dropped_each_time(
     backend = relayed.backend
     await asyncio.to_thread(break_the_protocol, relayed.port, client_ssl)  # warm-up
     await eventually(lambda: len(backend.closes) == 1)
-    fds_before = gateway_fds(relayed.pid)
+    fds_before = open_fds(relayed.pid)
     for _ in range(30):
         answer, dropped = await asyncio.to_thread(break_the_protocol, relayed.port, client_ssl)
         assert answer[:1] == b"\x88", answer  # a close frame, unmasked
         assert struct.unpack("!H", answer[2:4])[0] == 1002, answer
         assert dropped, "the gateway waited for the client's close reply"
     await eventually(lambda: len(backend.closes) == 31)
-    await eventually(lambda: gateway_fds(relayed.pid) <= fds_before)
+    await eventually(lambda: open_fds(relayed.pid) <= fds_before)
     assert {code for code, _ in backend.closes} == {1002}
 
 

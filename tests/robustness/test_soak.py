@@ -17,6 +17,7 @@ import pytest
 
 from gateway.tls import CertificatePair
 from tests.proxy.ws_servers import ws_backend
+from tests.robustness.helpers import open_fds
 from tests.servers import Backend, free_port, gateway_process, plain_config, run_server
 
 SOAK_ENV = "GATEWAY_SOAK_S"
@@ -48,10 +49,6 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 async def run_client(base: str, cafile: Path, seconds: float) -> dict[str, object]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(CLIENT), base, str(cafile), str(seconds),
@@ -67,7 +64,7 @@ async def settled(pid: int, rss_limit: int, fds_limit: int) -> tuple[int, int]:
     """RSS and fds once both are under their limits (bounded wait), or the last values."""
     rss = fds = 0
     for _ in range(50):
-        rss, fds = rss_kib(pid), fd_count(pid)
+        rss, fds = rss_kib(pid), open_fds(pid)
         if rss <= rss_limit and fds <= fds_limit:
             break
         await asyncio.sleep(0.2)
@@ -103,7 +100,7 @@ async def test_soak_mixed_http_and_websocket(
             warm = await run_client(base, ca_file, WARMUP_S)
             assert warm["failures"] == 0, warm
             await asyncio.sleep(1.0)
-            rss_start, fds_start = rss_kib(process.pid), fd_count(process.pid)
+            rss_start, fds_start = rss_kib(process.pid), open_fds(process.pid)
             result = await run_client(base, ca_file, SOAK_S)
             rss_end, fds_end = await settled(
                 process.pid, rss_start + max(rss_start // 4, 20_000), fds_start + 8
